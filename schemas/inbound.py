@@ -1,0 +1,202 @@
+"""Classify one uplink MQTT message: accepted with its model, or rejected with a reason.
+
+Pure and total: any bytes on any topic yield an `Accepted` or a `Rejected`,
+never an exception, so a gateway can turn every rejection into a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from schemas.commands import CommandResultMessage
+from schemas.events import EventMessage
+from schemas.limits import (
+    MAX_FUTURE_SKEW_MS,
+    MAX_PAST_AGE_MS,
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+)
+from schemas.status import StatusMessage
+from schemas.telemetry import TelemetryMessage
+from schemas.topics import TopicError, TopicKind, VehicleTopic, parse_topic
+
+__all__ = [
+    "Accepted",
+    "InboundLimits",
+    "Rejected",
+    "RejectionReason",
+    "UplinkMessage",
+    "decode_uplink",
+]
+
+UplinkMessage = TelemetryMessage | EventMessage | StatusMessage | CommandResultMessage
+
+
+class RejectionReason(StrEnum):
+    """Why a message became a dead letter. Stable names: dashboards and alerts use them."""
+
+    UNKNOWN_TOPIC = "unknown_topic"  # not tgw/v1/vehicles/<VIN>/<uplink kind>
+    OVERSIZED = "oversized"  # payload larger than MAX_PAYLOAD_BYTES
+    NOT_JSON = "not_json"  # not UTF-8 JSON
+    UNKNOWN_VERSION = "unknown_version"  # field v is missing or not a version we speak
+    SCHEMA_VIOLATION = "schema_violation"  # the model refused it; detail has the field path
+    VIN_MISMATCH = "vin_mismatch"  # payload VIN differs from the topic's
+    CLOCK_SKEW = "clock_skew"  # a timestamp too far in the future or the past
+    UNKNOWN_VEHICLE = "unknown_vehicle"  # not registered (only when registration is required)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundLimits:
+    """The gateway's tolerances, configurable per deployment."""
+
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+    max_past_age_ms: int = MAX_PAST_AGE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    topic: VehicleTopic
+    message: UplinkMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: RejectionReason
+    detail: str
+    topic: str
+    vin: str | None  # from the topic, when the topic was valid
+
+
+_ADAPTERS: dict[TopicKind, TypeAdapter[Any]] = {
+    TopicKind.TELEMETRY: TypeAdapter(TelemetryMessage),
+    TopicKind.EVENTS: TypeAdapter(EventMessage),
+    TopicKind.STATUS: TypeAdapter(StatusMessage),
+    TopicKind.COMMAND_RESULTS: TypeAdapter(CommandResultMessage),
+}
+_MAX_ERRORS_IN_DETAIL = 3
+_DEFAULT_LIMITS = InboundLimits()
+
+
+def decode_uplink(
+    topic: str,
+    payload: bytes,
+    *,
+    received_at_ms: int,
+    limits: InboundLimits = _DEFAULT_LIMITS,
+) -> Accepted | Rejected:
+    """Validate one message a car published.
+
+    Args:
+        topic: the concrete MQTT topic it arrived on.
+        payload: the raw payload.
+        received_at_ms: the gateway's clock when it arrived, for the skew check.
+        limits: size and clock tolerances.
+    """
+    try:
+        parsed_topic = parse_topic(topic)
+    except TopicError as exc:
+        return Rejected(RejectionReason.UNKNOWN_TOPIC, str(exc), topic, None)
+    try:
+        message = _decode_payload(parsed_topic, payload, received_at_ms, limits)
+    except _RejectionError as rejection:
+        return Rejected(rejection.reason, rejection.detail, topic, parsed_topic.vin)
+    return Accepted(parsed_topic, message)
+
+
+class _RejectionError(Exception):
+    def __init__(self, reason: RejectionReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _decode_payload(
+    topic: VehicleTopic, payload: bytes, received_at_ms: int, limits: InboundLimits
+) -> UplinkMessage:
+    adapter = _ADAPTERS.get(topic.kind)
+    if adapter is None:
+        raise _RejectionError(
+            RejectionReason.UNKNOWN_TOPIC,
+            f"{topic.kind} is a downlink topic; cars do not publish on it",
+        )
+    if len(payload) > limits.max_payload_bytes:
+        raise _RejectionError(
+            RejectionReason.OVERSIZED,
+            f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}",
+        )
+    try:
+        message: UplinkMessage = adapter.validate_json(payload)
+    except ValidationError as exc:
+        raise _RejectionError(*_classify(exc, payload)) from exc
+    if message.vin != topic.vin:
+        raise _RejectionError(
+            RejectionReason.VIN_MISMATCH,
+            f"payload names VIN {message.vin} but was published on {topic.vin}'s topic",
+        )
+    skew = _clock_skew(message, received_at_ms, limits)
+    if skew is not None:
+        raise _RejectionError(RejectionReason.CLOCK_SKEW, skew)
+    return message
+
+
+def _classify(exc: ValidationError, payload: bytes) -> tuple[RejectionReason, str]:
+    errors = exc.errors(include_url=False)
+    if any(error["type"] == "json_invalid" for error in errors):
+        return RejectionReason.NOT_JSON, f"payload is not valid UTF-8 JSON: {errors[0]['msg']}"
+    version_errors = [e for e in errors if e["loc"] and e["loc"][-1] == "v" and len(e["loc"]) <= 2]
+    if version_errors:
+        return RejectionReason.UNKNOWN_VERSION, _version_detail(payload)
+    return RejectionReason.SCHEMA_VIOLATION, _describe(errors)
+
+
+def _version_detail(payload: bytes) -> str:
+    # Only reached for valid JSON, so this parse cannot fail on syntax.
+    document = json.loads(payload)
+    version = document.get("v") if isinstance(document, dict) else None
+    if version is None:
+        return f"field v is missing; this gateway speaks protocol version {PROTOCOL_VERSION}"
+    return f"protocol version {version!r} is not supported; this gateway speaks {PROTOCOL_VERSION}"
+
+
+def _describe(errors: Iterable[Any]) -> str:
+    parts = []
+    error_list = list(errors)
+    for error in error_list[:_MAX_ERRORS_IN_DETAIL]:
+        path = ".".join(str(part) for part in error["loc"]) or "(message)"
+        parts.append(f"{path}: {error['msg']}")
+    more = len(error_list) - _MAX_ERRORS_IN_DETAIL
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def _timestamps(message: BaseModel) -> Iterable[int]:
+    if isinstance(message, TelemetryMessage):
+        return (sample.ts for sample in message.samples)
+    if isinstance(message, CommandResultMessage):
+        return (message.ts,)
+    return (message.ts,) if hasattr(message, "ts") else ()
+
+
+def _clock_skew(message: UplinkMessage, now_ms: int, limits: InboundLimits) -> str | None:
+    # A last will carries its connect time, which may be long past: only the future counts.
+    check_past = not isinstance(message, StatusMessage)
+    for ts in _timestamps(message):
+        if ts - now_ms > limits.max_future_skew_ms:
+            return (
+                f"timestamp {ts} is {(ts - now_ms) / 1000:.1f} s ahead of the gateway's clock "
+                f"(tolerance {limits.max_future_skew_ms / 1000:.0f} s): check the car's clock"
+            )
+        if check_past and now_ms - ts > limits.max_past_age_ms:
+            return (
+                f"timestamp {ts} is {(now_ms - ts) / 3_600_000:.1f} h old "
+                f"(limit {limits.max_past_age_ms / 3_600_000:.0f} h)"
+            )
+    return None
