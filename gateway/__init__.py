@@ -1,0 +1,1 @@
+"""tgw gateway: ingest, storage, commands, API and console."""

@@ -1,0 +1,41 @@
+"""The `tgw` command line: one root with a subcommand group per area.
+
+Groups from packages other than gateway (e.g. `tgw sim` from device_sim) are
+found through the `tgw.cli` entry point group, so gateway never imports them.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import typer
+
+from gateway.cli import schemas_cmd
+from gateway.errors import GatewayError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tgw",
+    help="tgw: telematics gateway for shared vehicles.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(schemas_cmd.app, name="schemas", help="Protocol v1 contract: JSON Schema export.")
+
+
+def _mount_plugins() -> None:
+    for entry in entry_points(group="tgw.cli"):
+        app.add_typer(entry.load(), name=entry.name)
+
+
+def main() -> None:
+    """Console script entry point: user mistakes print a message, never a traceback."""
+    _mount_plugins()
+    try:
+        app()
+    except GatewayError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(1)
