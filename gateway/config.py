@@ -1,0 +1,138 @@
+"""Typed settings of the gateway, built once in the entry point and passed down.
+
+Sources, strongest first: keyword arguments, `TGW_*` environment variables
+(nested with a double underscore, e.g. `TGW_MQTT__PORT=1883`), the TOML file
+named by `TGW_CONFIG`, then the defaults below. Defaults are safe: loopback
+addresses, no passwords.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.limits import MAX_FUTURE_SKEW_MS, MAX_PAST_AGE_MS, MAX_PAYLOAD_BYTES
+from schemas.topics import GATEWAY_SHARE_GROUP
+
+__all__ = [
+    "DatabaseSettings",
+    "HttpSettings",
+    "IngestSettings",
+    "LogSettings",
+    "MqttSettings",
+    "Settings",
+]
+
+CONFIG_FILE_ENV = "TGW_CONFIG"
+_WEAK_PASSWORDS = frozenset({"", "changeme", "password", "secret", "tgw", "mosquitto"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MqttSettings(_Section):
+    """How the gateway reaches the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str = "tgw-gateway"
+    password: SecretStr | None = None
+    # Stable per instance: the broker keeps this session's unacknowledged messages.
+    client_id: str = "tgw-gateway-1"
+    share_group: str = GATEWAY_SHARE_GROUP
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    # How long the broker keeps our session (and queues for it) while we are away.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    # MQTT 5 receive maximum: unacknowledged messages in flight to us. Bounds memory
+    # and applies back-pressure when the database is slow, since we ack after commit.
+    receive_maximum: int = Field(default=20_000, ge=1, le=65535)
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("password")
+    @classmethod
+    def _refuse_weak_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().lower() in _WEAK_PASSWORDS:
+            raise ValueError("the broker password is a well-known default; set a real one")
+        return value
+
+
+class DatabaseSettings(_Section):
+    """How the gateway reaches PostgreSQL/TimescaleDB."""
+
+    dsn: SecretStr = SecretStr("postgresql://tgw@127.0.0.1:5432/tgw")
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=8, ge=1)
+    storage_mode: Literal["auto", "timescaledb", "postgres"] = "auto"
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class IngestSettings(_Section):
+    """Batching, validation tolerances and connectivity rules of ingest."""
+
+    batch_max_messages: int = Field(default=2000, ge=1)
+    batch_max_delay_ms: int = Field(default=100, ge=1)
+    max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, ge=1)
+    max_future_skew_ms: int = Field(default=MAX_FUTURE_SKEW_MS, ge=0)
+    max_past_age_ms: int = Field(default=MAX_PAST_AGE_MS, ge=0)
+    # Dead letters keep at most this much of the raw payload.
+    dead_letter_payload_bytes: int = Field(default=8192, ge=0)
+    require_registration: bool = False
+    stale_after_s: int = Field(default=300, ge=1)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=15.0, gt=0)
+
+
+class HttpSettings(_Section):
+    """The gateway's own HTTP endpoint (health, metrics, API)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_output: bool | None = Field(default=None, description="None: JSON unless on a TTY.")
+
+
+class Settings(BaseSettings):
+    """Everything the gateway process needs to know."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TGW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    ingest: IngestSettings = IngestSettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
