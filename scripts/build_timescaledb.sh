@@ -20,6 +20,11 @@ die() { printf 'timescaledb: ERROR: %s\n' "$*" >&2; exit 1; }
 PG_CONFIG="${TGW_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 JOBS="${TGW_BUILD_JOBS:-2}"
 SUITE_LINE="deb-src http://deb.debian.org/debian trixie main"
+# Pin the index's signature to Debian's archive keyring when present (on Ubuntu: package debian-archive-keyring).
+DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+if [[ -f $DEBIAN_KEYRING ]]; then
+    SUITE_LINE="deb-src [signed-by=$DEBIAN_KEYRING] http://deb.debian.org/debian trixie main"
+fi
 
 if [[ $(id -u) -eq 0 ]]; then
     SUDO=()
