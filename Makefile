@@ -1,0 +1,65 @@
+# tgw: the two commands are `make test` and `make demo`; both set up whatever is missing first.
+#
+# Environment understood here and by scripts/setup.sh:
+#   TGW_ALLOW_NO_TIMESCALEDB=1  accept a machine where TimescaleDB could not be built (plain PostgreSQL only)
+#   TGW_SETUP_BROWSER=1         also install chromium + chromium-driver
+#   PYTEST_ARGS=...             extra pytest arguments for both passes (e.g. PYTEST_ARGS=-x)
+# The test passes set TGW_TEST_STORAGE (timescaledb | postgres), which the integration fixtures read.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+BIN := .venv/bin
+PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+
+# $(call pytest,<label>,<TGW_TEST_STORAGE>,<pytest args>): one timed pytest pass; exit 5 (no tests ran) fails.
+define pytest
+t=$$SECONDS; echo "make: == pytest, $(1)"; rc=0; \
+TGW_TEST_STORAGE=$(2) $(BIN)/pytest $(3) $(PYTEST_ARGS) || rc=$$?; \
+if [ $$rc -eq 5 ]; then echo "make: pytest ran no tests [$(1)]; that counts as a failure" >&2; fi; \
+if [ $$rc -ne 0 ]; then echo "make: !! pytest, $(1): FAILED (exit $$rc)" >&2; exit $$rc; fi; \
+echo "make: -- pytest, $(1): passed in $$((SECONDS - t)) s"
+endef
+
+.PHONY: help setup lint test demo bench-ingest
+
+help:
+	@echo "make test          set up what is missing, then ruff, mypy, pytest (TimescaleDB, then plain PostgreSQL)"
+	@echo "make demo          set up, then start the demo (.venv/bin/tgw dev up)"
+	@echo "make setup         Debian packages, TimescaleDB from trixie source, .venv (idempotent)"
+	@echo "make lint          ruff check + mypy --strict (needs .venv: make setup)"
+	@echo "make bench-ingest  set up, then the ingest benchmark"
+
+setup:
+	@bash scripts/setup.sh
+
+lint:
+	@test -x $(BIN)/ruff || { echo "make: no .venv yet: run 'make setup' first" >&2; exit 1; }
+	@t=$$SECONDS; echo "make: == ruff check"; $(BIN)/ruff check .; \
+	echo "make: == mypy gateway device_sim schemas"; $(BIN)/mypy gateway device_sim schemas; \
+	echo "make: -- lint passed in $$((SECONDS - t)) s"
+
+test: setup
+	@$(MAKE) lint
+	@if [ -f "$$($(PG_CONFIG) --sharedir)/extension/timescaledb.control" ]; then \
+	  $(call pytest,TimescaleDB mode: all tests,timescaledb,); \
+	  $(call pytest,plain PostgreSQL mode: integration + e2e,postgres,-m "integration or e2e"); \
+	elif [ "$${TGW_ALLOW_NO_TIMESCALEDB:-0}" = 1 ]; then \
+	  echo "make: WARNING: TimescaleDB is not installed; running everything on plain PostgreSQL only" >&2; \
+	  $(call pytest,plain PostgreSQL mode: all tests,postgres,); \
+	else \
+	  echo "make: TimescaleDB is not installed (run scripts/build_timescaledb.sh), or set TGW_ALLOW_NO_TIMESCALEDB=1" >&2; \
+	  exit 1; \
+	fi
+	@echo "make: test passed"
+
+demo: setup
+	$(BIN)/tgw dev up $(DEMO_ARGS)
+
+bench-ingest: setup
+	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
