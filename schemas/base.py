@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.limits import (
     MAX_BOOT_ID_LENGTH,
@@ -22,11 +22,24 @@ class ProtocolModel(BaseModel):
     """Base of every wire model: immutable, strict types, unknown fields refused."""
 
     # strict: a vendor sending "12" for a number is told so instead of being silently coerced.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan=False: NaN and Infinity are not JSON, and PostgreSQL's jsonb refuses them.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _refuse_bool(value: Any) -> Any:
+    # Literal[1] alone accepts JSON `true` (True == 1 in Python); JSON Schema's const 1 does not.
+    if isinstance(value, bool):
+        # TRY004 ignored: pydantic turns only ValueError into a ValidationError; TypeError escapes.
+        raise ValueError(  # noqa: TRY004
+            f"the protocol version is the number {PROTOCOL_VERSION}, not a boolean"
+        )
+    return value
 
 
 ProtocolVersion = Annotated[
-    Literal[1], Field(description=f"Protocol version; this contract is version {PROTOCOL_VERSION}.")
+    Literal[1],
+    BeforeValidator(_refuse_bool),
+    Field(description=f"Protocol version; this contract is version {PROTOCOL_VERSION}."),
 ]
 EpochMillis = Annotated[
     int,

@@ -7,12 +7,13 @@ never an exception, so a gateway can turn every rejection into a dead letter.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from schemas.commands import CommandResultMessage
 from schemas.events import EventMessage
@@ -150,24 +151,40 @@ def _classify(exc: ValidationError, payload: bytes) -> tuple[RejectionReason, st
     errors = exc.errors(include_url=False)
     if any(error["type"] == "json_invalid" for error in errors):
         return RejectionReason.NOT_JSON, f"payload is not valid UTF-8 JSON: {errors[0]['msg']}"
-    version_errors = [e for e in errors if e["loc"] and e["loc"][-1] == "v" and len(e["loc"]) <= 2]
-    if version_errors:
-        return RejectionReason.UNKNOWN_VERSION, _version_detail(payload)
+    # The version is judged before the schema: a message of another version may differ
+    # anywhere (an unknown event type, a new field), and that is not a schema violation.
+    version_problem = _version_problem(payload)
+    if version_problem is not None:
+        return RejectionReason.UNKNOWN_VERSION, version_problem
     return RejectionReason.SCHEMA_VIOLATION, _describe(errors)
 
 
-def _version_detail(payload: bytes) -> str:
-    # Only reached for valid JSON, so this parse cannot fail on syntax.
-    document = json.loads(payload)
-    version = document.get("v") if isinstance(document, dict) else None
-    if version is None:
+_MAX_VERSION_IN_DETAIL = 40
+
+
+def _version_problem(payload: bytes) -> str | None:
+    """Why the payload's `v` is not a version this gateway speaks, or None if it is."""
+    try:
+        # The parser validate_json used, so a payload it parsed parses here too.
+        document = from_json(payload)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None  # not an object at all: a schema violation
+    if "v" not in document:
         return f"field v is missing; this gateway speaks protocol version {PROTOCOL_VERSION}"
-    return f"protocol version {version!r} is not supported; this gateway speaks {PROTOCOL_VERSION}"
+    version = document["v"]
+    if not isinstance(version, bool) and version == PROTOCOL_VERSION:
+        return None
+    shown = json.dumps(version)[:_MAX_VERSION_IN_DETAIL]
+    return f"protocol version {shown} is not supported; this gateway speaks {PROTOCOL_VERSION}"
 
 
-def _describe(errors: Iterable[Any]) -> str:
+def _describe(errors: Sequence[Any]) -> str:
     parts = []
-    error_list = list(errors)
+    # pydantic adds "tuple should have at least 1 item" to a tuple whose only item is
+    # invalid; the item's own error is the one that helps.
+    error_list = [error for error in errors if not _is_shadowed_length_error(error, errors)]
     for error in error_list[:_MAX_ERRORS_IN_DETAIL]:
         path = ".".join(str(part) for part in error["loc"]) or "(message)"
         parts.append(f"{path}: {error['msg']}")
@@ -175,6 +192,15 @@ def _describe(errors: Iterable[Any]) -> str:
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)
+
+
+def _is_shadowed_length_error(error: Any, errors: Sequence[Any]) -> bool:
+    if error["type"] != "too_short":
+        return False
+    loc = tuple(error["loc"])
+    return any(
+        len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc for other in errors
+    )
 
 
 def _timestamps(message: BaseModel) -> Iterable[int]:

@@ -121,6 +121,7 @@ class SignalSpec:
     description: str
     minimum: float | None
     maximum: float | None
+    maximum_exclusive: bool = False  # True when the value must stay below `maximum` (heading < 360)
 
 
 def _catalog() -> tuple[SignalSpec, ...]:
@@ -129,9 +130,12 @@ def _catalog() -> tuple[SignalSpec, ...]:
         extra = field.json_schema_extra
         assert isinstance(extra, dict)
         minimum = maximum = None
+        maximum_exclusive = False
         for bound in field.metadata:
             minimum = getattr(bound, "ge", minimum)
-            maximum = getattr(bound, "le", getattr(bound, "lt", maximum))
+            if hasattr(bound, "lt"):
+                maximum, maximum_exclusive = bound.lt, True
+            maximum = getattr(bound, "le", maximum)
         value_type = bool if field.annotation == (bool | None) else float
         specs.append(
             SignalSpec(
@@ -142,6 +146,7 @@ def _catalog() -> tuple[SignalSpec, ...]:
                 description=field.description or "",
                 minimum=minimum,
                 maximum=maximum,
+                maximum_exclusive=maximum_exclusive,
             )
         )
     return tuple(specs)
