@@ -15,7 +15,15 @@ from schemas.limits import (
     PROTOCOL_VERSION,
 )
 
-__all__ = ["BootId", "EpochMillis", "ProtocolModel", "ProtocolVersion", "Seq", "ms_to_datetime"]
+__all__ = [
+    "TEXT_PATTERN",
+    "BootId",
+    "EpochMillis",
+    "ProtocolModel",
+    "ProtocolVersion",
+    "Seq",
+    "ms_to_datetime",
+]
 
 
 class ProtocolModel(BaseModel):
@@ -67,6 +75,11 @@ Seq = Annotated[
         description="Per-boot sequence number; every sample and event takes the next one.",
     ),
 ]
+
+
+# Free text fields refuse control characters: NUL cannot be stored in PostgreSQL text,
+# and the rest only ever hide mischief in logs and consoles.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 
 def ms_to_datetime(ms: int) -> datetime:

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
-from schemas.base import EpochMillis, ProtocolModel, ProtocolVersion
+from schemas.base import TEXT_PATTERN, EpochMillis, ProtocolModel, ProtocolVersion
 from schemas.limits import MAX_COMMAND_TTL_MS
 from schemas.signals import Signals
 from schemas.vin import Vin
@@ -148,7 +148,7 @@ class CommandResultMessage(ProtocolModel):
     outcome: CommandOutcome
     reason: CommandReason | None = None
     failed_preconditions: tuple[Precondition, ...] = ()
-    detail: str | None = Field(default=None, max_length=500)
+    detail: str | None = Field(default=None, max_length=500, pattern=TEXT_PATTERN)
     state: Signals | None = Field(
         default=None, description="The car's state after executing (e.g. the lock read back)."
     )

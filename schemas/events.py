@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, TypeAdapter
 
-from schemas.base import BootId, EpochMillis, ProtocolModel, ProtocolVersion, Seq
+from schemas.base import TEXT_PATTERN, BootId, EpochMillis, ProtocolModel, ProtocolVersion, Seq
 from schemas.vin import Vin
 
 __all__ = [
@@ -108,7 +108,12 @@ class SignalOutOfRangeEvent(_EventBase):
     """A CAN signal decoded outside its defined range; the value was not passed on as truth."""
 
     type: Literal["signal_out_of_range"]
-    signal: str = Field(min_length=1, max_length=128, description="Wire name or DBC signal name.")
+    signal: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=TEXT_PATTERN,
+        description="Wire name or DBC signal name.",
+    )
     value: float
     minimum: float | None = None
     maximum: float | None = None

@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from schemas.base import BootId, EpochMillis, ProtocolModel, ProtocolVersion
+from schemas.base import TEXT_PATTERN, BootId, EpochMillis, ProtocolModel, ProtocolVersion
 from schemas.commands import CommandAction
 from schemas.vin import Vin
 
@@ -39,7 +39,7 @@ class StatusMessage(ProtocolModel):
         pattern=r"^[a-z0-9_]+$",
         description="Vehicle profile name, e.g. bmw_e8x.",
     )
-    firmware: str | None = Field(default=None, max_length=64)
+    firmware: str | None = Field(default=None, max_length=64, pattern=TEXT_PATTERN)
     capabilities: tuple[CommandAction, ...] | None = Field(
         default=None, description="Commands this car can execute (birth only)."
     )

@@ -1,0 +1,1 @@
+"""Ingest: broker -> validate -> batch -> COPY -> commit -> acknowledge."""

@@ -1,0 +1,25 @@
+"""One message as it arrived from the broker, before validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["InboundMessage"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A received MQTT message and what is needed to acknowledge it after commit.
+
+    `generation` counts broker connections: a packet id is only meaningful on the
+    connection that delivered it, so acknowledgements for older generations are
+    dropped (the broker redelivers those messages, and storage is idempotent).
+    """
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int
+    received_at_ms: int
+    retained: bool = False

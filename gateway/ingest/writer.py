@@ -1,0 +1,254 @@
+"""The database side of ingest: one batch, one transaction, COPY then idempotent insert.
+
+Rows are COPY'd into per-connection temporary staging tables and moved into
+the real tables with `ON CONFLICT DO NOTHING`, so a redelivered message stores
+nothing twice and the count of duplicates falls out of the row counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.errors import StorageError
+from gateway.ingest.batch import IngestBatch, StatusUpdate
+from schemas import SIGNAL_NAMES
+
+__all__ = ["BatchRefusedError", "BatchWriter", "StorageUnavailableError", "WriteResult"]
+
+log = structlog.get_logger(__name__)
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be reached now; the same batch may be retried later."""
+
+
+class BatchRefusedError(StorageError):
+    """The database refused the batch's content; retrying the same rows will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    telemetry_inserted: int
+    telemetry_duplicates: int
+    events_inserted: int
+    events_duplicates: int
+    dead_letters: int
+    statuses: int
+    commit_seconds: float
+
+
+_TELEMETRY_COLUMNS = ("time", "vin", "boot_id", "seq", "received_at", *SIGNAL_NAMES)
+_EVENT_COLUMNS = ("time", "vin", "boot_id", "seq", "type", "data", "received_at")
+_LATEST_COLUMNS = ("time", "vin", "boot_id", "seq", *SIGNAL_NAMES)
+_DEAD_LETTER_COLUMNS = (
+    "received_at",
+    "topic",
+    "vin",
+    "reason",
+    "detail",
+    "payload",
+    "payload_size",
+)
+
+
+def _columns(names: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
+
+
+# ON COMMIT DELETE ROWS: created once per connection, emptied by every commit.
+_CREATE_STAGING = sql.SQL(
+    """
+    CREATE TEMP TABLE IF NOT EXISTS stage_telemetry
+        (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS stage_events
+        (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS stage_latest
+        (LIKE latest_state INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+    """
+)
+_COPY_TELEMETRY = sql.SQL("COPY stage_telemetry ({}) FROM STDIN").format(
+    _columns(_TELEMETRY_COLUMNS)
+)
+_COPY_EVENTS = sql.SQL("COPY stage_events ({}) FROM STDIN").format(_columns(_EVENT_COLUMNS))
+_COPY_LATEST = sql.SQL("COPY stage_latest ({}) FROM STDIN").format(_columns(_LATEST_COLUMNS))
+_COPY_DEAD_LETTERS = sql.SQL("COPY dead_letters ({}) FROM STDIN").format(
+    _columns(_DEAD_LETTER_COLUMNS)
+)
+_MOVE_TELEMETRY = sql.SQL(
+    "INSERT INTO telemetry ({cols}) SELECT {cols} FROM stage_telemetry ON CONFLICT DO NOTHING"
+).format(cols=_columns(_TELEMETRY_COLUMNS))
+_MOVE_EVENTS = sql.SQL(
+    "INSERT INTO events ({cols}) SELECT {cols} FROM stage_events ON CONFLICT DO NOTHING"
+).format(cols=_columns(_EVENT_COLUMNS))
+# Latest state only moves forward in device time; a signal a sample lacks keeps its value.
+_MOVE_LATEST = sql.SQL(
+    """
+    INSERT INTO latest_state AS cur ({cols}, updated_at)
+    SELECT {cols}, now() FROM stage_latest
+    ON CONFLICT (vin) DO UPDATE SET
+        time = EXCLUDED.time, boot_id = EXCLUDED.boot_id, seq = EXCLUDED.seq,
+        {merge}, updated_at = now()
+    WHERE cur.time <= EXCLUDED.time
+    """
+).format(
+    cols=_columns(_LATEST_COLUMNS),
+    merge=sql.SQL(", ").join(
+        sql.SQL("{col} = COALESCE(EXCLUDED.{col}, cur.{col})").format(col=sql.Identifier(name))
+        for name in SIGNAL_NAMES
+    ),
+)
+_TOUCH_VEHICLES = sql.SQL(
+    """
+    INSERT INTO vehicles AS v (vin, last_seen_at)
+    SELECT * FROM unnest(%s::text[], %s::timestamptz[])
+    ON CONFLICT (vin) DO UPDATE
+        SET last_seen_at = GREATEST(v.last_seen_at, EXCLUDED.last_seen_at), stale = false
+    """
+)
+# Connectivity moves forward in time too: an old will arriving late cannot flip a car offline.
+_APPLY_STATUS = sql.SQL(
+    """
+    INSERT INTO vehicles AS v
+        (vin, online, online_changed_at, boot_id, model, firmware, capabilities)
+    VALUES (%s, %s, %s, %s, %s, %s, COALESCE(%s::text[], '{}'))
+    ON CONFLICT (vin) DO UPDATE SET
+        online = EXCLUDED.online,
+        online_changed_at = EXCLUDED.online_changed_at,
+        boot_id = COALESCE(EXCLUDED.boot_id, v.boot_id),
+        model = COALESCE(EXCLUDED.model, v.model),
+        firmware = COALESCE(EXCLUDED.firmware, v.firmware),
+        capabilities = CASE WHEN %s::text[] IS NULL THEN v.capabilities
+                            ELSE EXCLUDED.capabilities END,
+        stale = false
+    WHERE v.online_changed_at IS NULL OR v.online_changed_at <= EXCLUDED.online_changed_at
+    """
+)
+_REGISTERED = sql.SQL("SELECT vin FROM vehicles WHERE vin = ANY(%s)")
+
+
+class BatchWriter:
+    """Writes `IngestBatch`es through a connection pool, one transaction each."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    @staticmethod
+    async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+        """Pool `configure` hook: create this connection's staging tables once."""
+        await conn.execute(_CREATE_STAGING)
+        await conn.commit()
+
+    async def registered(self, vins: list[str]) -> set[str]:
+        """Which of `vins` are registered vehicles."""
+        async with self._connection() as conn, conn.cursor() as cur:
+            await cur.execute(_REGISTERED, (vins,))
+            return {row[0] for row in await cur.fetchall()}
+
+    async def write(self, batch: IngestBatch) -> WriteResult:
+        """Commit everything in `batch` in one transaction.
+
+        Raises:
+            StorageUnavailableError: the database is unreachable; retry later.
+            BatchRefusedError: the database refused some row; split the batch.
+        """
+        started = time.perf_counter()
+        async with self._connection() as conn:
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    telemetry = await self._stage_and_move(
+                        cur, _COPY_TELEMETRY, _MOVE_TELEMETRY, batch.telemetry
+                    )
+                    events = await self._stage_and_move(
+                        cur, _COPY_EVENTS, _MOVE_EVENTS, batch.events
+                    )
+                    if batch.latest:
+                        rows = [state.as_row() for state in batch.latest.values()]
+                        await self._stage_and_move(cur, _COPY_LATEST, _MOVE_LATEST, rows)
+                    if batch.last_seen:
+                        await cur.execute(
+                            _TOUCH_VEHICLES,
+                            (list(batch.last_seen), list(batch.last_seen.values())),
+                        )
+                    await self._apply_statuses(cur, batch.statuses)
+                    if batch.dead_letters:
+                        async with cur.copy(_COPY_DEAD_LETTERS) as copy:
+                            for letter in batch.dead_letters:
+                                await copy.write_row(
+                                    (
+                                        letter.received_at,
+                                        letter.topic,
+                                        letter.vin,
+                                        letter.reason,
+                                        letter.detail,
+                                        letter.payload,
+                                        letter.payload_size,
+                                    )
+                                )
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                raise BatchRefusedError(f"database refused the batch: {exc}") from exc
+        return WriteResult(
+            telemetry_inserted=telemetry,
+            telemetry_duplicates=len(batch.telemetry) - telemetry,
+            events_inserted=events,
+            events_duplicates=len(batch.events) - events,
+            dead_letters=len(batch.dead_letters),
+            statuses=len(batch.statuses),
+            commit_seconds=time.perf_counter() - started,
+        )
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        # Pool and connection failures become one retryable error at this edge.
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StorageUnavailableError(f"database unavailable: {exc}") from exc
+
+    @staticmethod
+    async def _stage_and_move(
+        cur: psycopg.AsyncCursor[Any],
+        copy_sql: sql.Composed,
+        move_sql: sql.Composed,
+        rows: list[tuple[object, ...]] | list[Any],
+    ) -> int:
+        if not rows:
+            return 0
+        async with cur.copy(copy_sql) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        await cur.execute(move_sql)
+        return max(cur.rowcount, 0)
+
+    @staticmethod
+    async def _apply_statuses(cur: psycopg.AsyncCursor[Any], statuses: list[StatusUpdate]) -> None:
+        if not statuses:
+            return
+        ordered = sorted(statuses, key=lambda status: status.changed_at)
+        await cur.executemany(
+            _APPLY_STATUS,
+            [
+                (
+                    s.vin,
+                    s.online,
+                    s.changed_at,
+                    s.boot_id,
+                    s.model,
+                    s.firmware,
+                    list(s.capabilities) if s.capabilities is not None else None,
+                    list(s.capabilities) if s.capabilities is not None else None,
+                )
+                for s in ordered
+            ],
+        )
