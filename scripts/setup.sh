@@ -28,6 +28,7 @@ else
     SUDO=(false)  # only fails if something actually has to be installed
 fi
 
+APT_LOG="${TMPDIR:-/tmp}/tgw-setup-apt.log"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.tgw-setup-stamp"
 MIN_PY=(3 11)
@@ -51,8 +52,8 @@ APT_UPDATED=0
 apt_update_once() {
     ((APT_UPDATED)) && return 0
     say "refreshing the apt package lists (apt-get update)"
-    "${SUDO[@]}" apt-get -q -o DPkg::Lock::Timeout=300 update >/dev/null \
-        || die "apt-get update failed (network, or a broken entry in /etc/apt/sources.list*)"
+    "${SUDO[@]}" apt-get -q -o DPkg::Lock::Timeout=300 update >"$APT_LOG" 2>&1 \
+        || { tail -n 20 "$APT_LOG" >&2; die "apt-get update failed (network, or a broken entry in /etc/apt/sources.list*)"; }
     APT_UPDATED=1
 }
 
@@ -69,7 +70,9 @@ apt_install() {
         trap '"${SUDO[@]}" rm -f "$POLICY_RC_D"' EXIT
     fi
     local rc=0
-    "${SUDO[@]}" apt-get -q -y -o DPkg::Lock::Timeout=300 --no-install-recommends install "$@" || rc=$?
+    "${SUDO[@]}" apt-get -q -y -o DPkg::Lock::Timeout=300 --no-install-recommends install "$@" \
+        >"$APT_LOG" 2>&1 || rc=$?
+    ((rc == 0)) || tail -n 30 "$APT_LOG" >&2
     if ((made_policy)); then
         "${SUDO[@]}" rm -f "$POLICY_RC_D"
         trap - EXIT
@@ -97,7 +100,8 @@ ensure_packages() {
             esac
         fi
     done
-    apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed (see above)"
+    say "(apt-get install output: $APT_LOG)"
+    apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed; last lines above, all in $APT_LOG"
 }
 
 # Browser for the console's end-to-end tests; only when asked for (TGW_SETUP_BROWSER=1).
