@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from gateway.cli import schemas_cmd
+from gateway.cli import gateway_cmd, schemas_cmd
 from gateway.errors import GatewayError
 
 __all__ = ["app", "main"]
@@ -23,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(gateway_cmd.app, name="gateway", help="Run the gateway; check its health.")
 app.add_typer(schemas_cmd.app, name="schemas", help="Protocol v1 contract: JSON Schema export.")
 
 

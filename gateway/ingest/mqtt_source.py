@@ -72,6 +72,14 @@ class MqttIngestSource:
         """Messages received and not yet taken by `receive`."""
         return len(self._buffer)
 
+    @property
+    def oldest_pending_received_ms(self) -> int | None:
+        """When the oldest message not yet taken arrived (None when there is none)."""
+        try:
+            return self._buffer[0].received_at_ms
+        except IndexError:
+            return None
+
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         self._client = self._make_client()

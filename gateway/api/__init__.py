@@ -1,0 +1,1 @@
+"""The gateway's HTTP side: health, metrics, and (later) the fleet API."""

@@ -1,0 +1,147 @@
+"""Composition root of `tgw gateway run`: wires broker, database, ingest and HTTP.
+
+Start order: database pool -> broker session -> tasks (ingest, HTTP, upkeep).
+SIGTERM/SIGINT: ingest stops taking batches, commits and acknowledges what it
+has, then HTTP and upkeep stop, the broker session closes, the pool closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.api.app import create_app
+from gateway.api.health import HealthProbe
+from gateway.api.server import EmbeddedHttpServer
+from gateway.config import Settings
+from gateway.errors import StorageError
+from gateway.ingest.maintenance import run_maintenance
+from gateway.ingest.metrics import IngestMetrics
+from gateway.ingest.mqtt_source import MqttIngestSource
+from gateway.ingest.pipeline import IngestPipeline
+from gateway.ingest.writer import BatchWriter
+from gateway.storage import detect_storage_mode, log_storage_mode
+from schemas import TopicKind
+
+__all__ = ["run_gateway"]
+
+log = structlog.get_logger(__name__)
+
+INGEST_KINDS = (TopicKind.TELEMETRY, TopicKind.EVENTS, TopicKind.STATUS)
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class _IngestProgress:
+    """Adapts the source and the pipeline to what `/health` reports."""
+
+    def __init__(self, source: MqttIngestSource, pipeline: IngestPipeline) -> None:
+        self._source = source
+        self._pipeline = pipeline
+
+    @property
+    def broker_connected(self) -> bool:
+        return self._source.connected
+
+    @property
+    def pending_messages(self) -> int:
+        return self._source.pending
+
+    @property
+    def oldest_pending_age_s(self) -> float | None:
+        oldest = self._source.oldest_pending_received_ms
+        return None if oldest is None else max(time.time() - oldest / 1000, 0.0)
+
+    @property
+    def last_commit_age_s(self) -> float | None:
+        last = self._pipeline.last_commit_monotonic
+        return None if last is None else time.monotonic() - last
+
+
+async def run_gateway(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully.
+
+    Args:
+        settings: the process's settings.
+        ready: set once the gateway takes messages (tests and the demo wait on it).
+    """
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shutdown.set)
+    metrics = IngestMetrics()
+    database = settings.database
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        database.dsn.get_secret_value(),
+        min_size=database.pool_min_size,
+        max_size=database.pool_max_size,
+        open=False,
+        configure=BatchWriter.prepare_connection,
+        kwargs={"connect_timeout": int(database.connect_timeout_s)},
+        name="tgw-gateway",
+    )
+    try:
+        await pool.open(wait=True, timeout=database.connect_timeout_s)
+    except PoolTimeout as exc:
+        await pool.close()
+        raise StorageError(
+            "cannot reach the database: check TGW_DATABASE__DSN and that PostgreSQL is up "
+            f"({exc})"
+        ) from exc
+    async with pool:
+        await _log_storage(pool, database.storage_mode)
+        async with MqttIngestSource(settings.mqtt, INGEST_KINDS) as source:
+            pipeline = IngestPipeline(source, BatchWriter(pool), settings.ingest, metrics)
+            health = HealthProbe(pool, _IngestProgress(source, pipeline))
+            http = EmbeddedHttpServer(
+                create_app(health, metrics.registry), settings.http.host, settings.http.port
+            )
+            async with asyncio.TaskGroup() as tasks:
+                ingest = tasks.create_task(pipeline.run(), name="ingest")
+                helpers = [
+                    tasks.create_task(http.serve(), name="http"),
+                    tasks.create_task(
+                        run_maintenance(pool, settings.ingest.stale_after_s), name="maintenance"
+                    ),
+                    tasks.create_task(_watch_broker(source, metrics), name="broker-watch"),
+                ]
+                log.info(
+                    "gateway.started",
+                    broker=f"{settings.mqtt.host}:{settings.mqtt.port}",
+                    http=f"{settings.http.host}:{settings.http.port}",
+                )
+                if ready is not None:
+                    ready.set()
+                await shutdown.wait()
+                log.info("gateway.stopping")
+                pipeline.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(ingest), SHUTDOWN_TIMEOUT_S)
+                except TimeoutError:
+                    # Uncommitted messages stay unacknowledged at the broker: not lost.
+                    log.warning("gateway.flush_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
+                    ingest.cancel()
+                http.stop()
+                for task in helpers[1:]:
+                    task.cancel()
+    log.info("gateway.stopped")
+
+
+async def _log_storage(pool: AsyncConnectionPool[Any], setting: Any) -> None:
+    async with pool.connection() as conn:
+        try:
+            info = await detect_storage_mode(conn, setting)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot read the storage mode: {exc}") from exc
+    log_storage_mode(info)
+
+
+async def _watch_broker(source: MqttIngestSource, metrics: IngestMetrics) -> None:
+    while True:
+        metrics.broker_connected.set(1 if source.connected else 0)
+        await asyncio.sleep(1.0)

@@ -1,0 +1,71 @@
+"""`tgw gateway ...`: run the gateway, ask it how it is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import httpx
+import typer
+from pydantic import ValidationError
+
+from gateway.config import Settings
+from gateway.errors import ConfigurationError
+from gateway.logconfig import configure_logging
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and TGW_CONFIG, with errors a person can act on."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigurationError(
+            f"invalid settings ({problems}); set them as TGW_<SECTION>__<NAME> "
+            "environment variables or in the TOML file named by TGW_CONFIG"
+        ) from exc
+
+
+@app.command("run")
+def run() -> None:
+    """Ingest telemetry, events and status until SIGTERM/SIGINT, then flush and stop."""
+    from gateway.app import run_gateway  # noqa: PLC0415  # keep `tgw --help` fast
+
+    settings = load_settings()
+    configure_logging(settings.log.level, json=settings.log.json_output)
+    if settings.mqtt.password is None:
+        raise ConfigurationError(
+            "no broker password: set TGW_MQTT__PASSWORD (the gateway account's password)"
+        )
+    asyncio.run(run_gateway(settings))
+
+
+@app.command("health")
+def health(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Health endpoint; default: from TGW_HTTP__HOST/PORT."),
+    ] = None,
+) -> None:
+    """Ask a running gateway whether broker and database are reachable and ingest keeps up."""
+    if url is None:
+        settings = load_settings()
+        url = f"http://{settings.http.host}:{settings.http.port}/health"
+    try:
+        response = httpx.get(url, timeout=5.0)
+    except httpx.HTTPError as exc:
+        typer.secho(
+            f"no gateway answers at {url} ({exc}): is `tgw gateway run` running?",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2) from exc
+    report = response.json()
+    print(json.dumps(report, indent=2))
+    if response.status_code != 200:
+        raise typer.Exit(1)
