@@ -23,7 +23,7 @@ CREATE TABLE vehicles (
     boot_id           text,
     firmware          text,
     stale             boolean     NOT NULL DEFAULT false
-);
+) WITH (fillfactor = 70);  -- updated on every birth, will and batch: room for HOT updates
 COMMENT ON TABLE vehicles IS
     'Registered cars and their connectivity (birth/last will, staleness).';
 
@@ -50,7 +50,7 @@ CREATE TABLE latest_state (
     door_rr_open boolean,
     trunk_open   boolean,
     updated_at   timestamptz      NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 70);  -- rewritten with every batch: room for HOT updates
 COMMENT ON TABLE latest_state IS
     'Newest sample per car by device time; each signal keeps its last non-null value.';
 COMMENT ON COLUMN latest_state.time IS 'Device time of the newest sample merged in.';
