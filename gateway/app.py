@@ -63,17 +63,25 @@ class _IngestProgress:
         return None if last is None else time.monotonic() - last
 
 
-async def run_gateway(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then shut down gracefully.
+async def run_gateway(
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    shutdown: asyncio.Event | None = None,
+) -> None:
+    """Run the gateway until SIGTERM or SIGINT (or `shutdown`), then shut down gracefully.
 
     Args:
         settings: the process's settings.
         ready: set once the gateway takes messages (tests and the demo wait on it).
+        shutdown: when given, setting it stops the gateway and no signal handlers are
+            installed (the caller owns the process's signals).
     """
-    shutdown = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, shutdown.set)
+    if shutdown is None:
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, shutdown.set)
     metrics = IngestMetrics()
     database = settings.database
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
