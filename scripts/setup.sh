@@ -100,8 +100,10 @@ ensure_packages() {
             esac
         fi
     done
-    say "(apt-get install output: $APT_LOG)"
+    local t=$SECONDS
+    say "apt-get install (its output goes to $APT_LOG)"
     apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed; last lines above, all in $APT_LOG"
+    say "Debian packages installed in $((SECONDS - t)) s"
 }
 
 # Browser for the console's end-to-end tests; only when asked for (TGW_SETUP_BROWSER=1).
@@ -158,8 +160,10 @@ ensure_venv() {
     fi
     say "installing the project into .venv (pip install -e '.[dev]'; pyproject.toml changed or first run)"
     rm -f "$STAMP"
+    local t=$SECONDS
     "$VENV/bin/python" -m pip install -q -e '.[dev]' || die "pip install -e '.[dev]' failed (see above)"
     printf '%s\n' "$want" >"$STAMP"
+    say "project installed into .venv in $((SECONDS - t)) s"
 }
 
 # --- TimescaleDB ------------------------------------------------------------------------------------------
