@@ -158,10 +158,12 @@ ensure_venv() {
         say "creating virtual environment .venv with $py ($("$py" --version 2>&1))"
         "$py" -m venv "$VENV"
     fi
-    say "installing the project into .venv (pip install -e '.[dev]'; pyproject.toml changed or first run)"
+    say "installing the project into .venv (pip install -e '.[dev]'; pyproject.toml changed or first run; output in ${TMPDIR:-/tmp}/tgw-setup-pip.log)"
     rm -f "$STAMP"
     local t=$SECONDS
-    "$VENV/bin/python" -m pip install -q -e '.[dev]' || die "pip install -e '.[dev]' failed (see above)"
+    local log="${TMPDIR:-/tmp}/tgw-setup-pip.log"
+    "$VENV/bin/python" -m pip install -e '.[dev]' >"$log" 2>&1 \
+        || { tail -n 30 "$log" >&2; die "pip install -e '.[dev]' failed; last lines above, all in $log"; }
     printf '%s\n' "$want" >"$STAMP"
     say "project installed into .venv in $((SECONDS - t)) s"
 }
