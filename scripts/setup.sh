@@ -103,6 +103,9 @@ ensure_packages() {
     local t=$SECONDS
     say "apt-get install (its output goes to $APT_LOG)"
     apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed; last lines above, all in $APT_LOG"
+    for pkg in "${missing[@]}"; do
+        is_installed "$pkg" || die "$pkg is still not installed after apt-get install; see $APT_LOG"
+    done
     say "Debian packages installed in $((SECONDS - t)) s"
 }
 
