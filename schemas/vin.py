@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 __all__ = ["VIN_PATTERN", "Vin", "VinError", "parse_vin"]
 
@@ -42,5 +42,16 @@ def _validate_vin(value: str) -> str:
     return parse_vin(value)
 
 
-Vin = Annotated[str, AfterValidator(_validate_vin)]
+Vin = Annotated[
+    str,
+    AfterValidator(_validate_vin),
+    # JSON Schema cannot see the validator; spell the rule out for vendors' offline checks.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": VIN_PATTERN,
+            "description": "VIN (ISO 3779): 17 digits and capital letters, never I, O or Q.",
+        }
+    ),
+]
 """A VIN as a pydantic field type: 17 characters of the ISO 3779 alphabet."""
