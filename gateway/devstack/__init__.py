@@ -10,6 +10,7 @@ directory of their own, and never touch the machine's own services.
 """
 
 from gateway.devstack._host import free_port, port_is_free
+from gateway.devstack.accounts import BrokerAccount, CarCredentialsFactory, random_vin
 from gateway.devstack.mosquitto import (
     DEFAULT_GATEWAY_USERNAME,
     MosquittoBroker,
@@ -17,15 +18,21 @@ from gateway.devstack.mosquitto import (
     mosquitto_password_hash,
 )
 from gateway.devstack.postgres import PostgresServer, pg_bindir, timescaledb_installed
+from gateway.devstack.testclient import MqttTestClient, ReceivedMessage
 
 __all__ = [
     "DEFAULT_GATEWAY_USERNAME",
+    "BrokerAccount",
+    "CarCredentialsFactory",
     "MosquittoBroker",
+    "MqttTestClient",
     "PostgresServer",
+    "ReceivedMessage",
     "connack_reason",
     "free_port",
     "mosquitto_password_hash",
     "pg_bindir",
     "port_is_free",
+    "random_vin",
     "timescaledb_installed",
 ]

@@ -37,6 +37,7 @@ from gateway.devstack._host import (
     service_user,
     wait_until,
 )
+from gateway.devstack.accounts import BrokerAccount
 from gateway.errors import DevStackError
 from schemas.vin import parse_vin
 
@@ -69,6 +70,7 @@ _GATEWAY_BLOCK_END = "# tgw-render: gateway-account end"
 # 101 iterations is mosquitto_passwd's default; our passwords are long random tokens, so the
 # low count does not make a leaked file crackable, and each connect stays cheap.
 _HASH_ITERATIONS = 101
+_RESEND_HUP_AFTER_S = 2.0
 _SALT_BYTES = 12
 
 
@@ -271,6 +273,11 @@ class MosquittoBroker:
         return self._gateway_password
 
     @property
+    def gateway_account(self) -> BrokerAccount:
+        """The gateway's credentials and where to connect."""
+        return BrokerAccount(self._gateway_username, self._gateway_password, self.host, self.port)
+
+    @property
     def work_dir(self) -> Path:
         return self._work_dir
 
@@ -417,10 +424,20 @@ class MosquittoBroker:
             raise
         _log.info("devstack.broker_started", port=self._port, pid=self._process.pid)
 
-    def _wait_ready(self, probe_password: str) -> None:
+    def _wait_ready(self, probe_password: str, *, resend_hup: bool = False) -> None:
+        last_hup = time.monotonic()
+
         def accepted() -> bool | None:
+            nonlocal last_hup
             reason = connack_reason(LOOPBACK, self.port, PROBE_USERNAME, probe_password)
-            return True if reason is not None and not reason.is_failure else None
+            if reason is not None and not reason.is_failure:
+                return True
+            # Seen under load: a reload that never happens. SIGHUP is idempotent, so ask again.
+            if resend_hup and time.monotonic() - last_hup > _RESEND_HUP_AFTER_S:
+                _log.warning("devstack.broker_reload_resent", port=self._port)
+                self.reload()
+                last_hup = time.monotonic()
+            return None
 
         wait_until(
             accepted,
@@ -503,7 +520,7 @@ class MosquittoBroker:
         write_password_file(self.password_file, entries, self._owner)
         if self.running:
             self.reload()
-            self._wait_ready(probe_password)
+            self._wait_ready(probe_password, resend_hup=True)
         self._probe_password = probe_password
 
     def reload(self) -> None:

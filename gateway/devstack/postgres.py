@@ -91,8 +91,8 @@ def _pg_config(bindir: Path, flag: str) -> Path:
 
 def timescaledb_installed(bindir: Path | None = None) -> bool:
     """Whether TimescaleDB is installed for this PostgreSQL (control file and library)."""
-    bindir = bindir or pg_bindir()
     try:
+        bindir = bindir or pg_bindir()
         sharedir = _pg_config(bindir, "--sharedir")
         pkglibdir = _pg_config(bindir, "--pkglibdir")
     except (DevStackError, subprocess.CalledProcessError):
