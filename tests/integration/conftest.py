@@ -8,12 +8,14 @@ afterwards. Fixtures:
   i.e. unless TGW_TEST_STORAGE selects plain PostgreSQL).
 - `migrated_postgres_database`: plain PostgreSQL mode forced, on whichever server runs, so one
   TimescaleDB session also covers the partitioned path.
-- `migrated_database_any_mode`: parametrized over both of the above.
+- `migrated_database_any_mode`: `(mode, dsn)`, parametrized over both storage modes (only
+  plain PostgreSQL when the session has no TimescaleDB).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -22,6 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from gateway.devstack import timescaledb_installed
 from gateway.errors import DevStackError
 from gateway.storage import StorageMode, apply_migrations
 
@@ -158,16 +161,27 @@ async def migrated_postgres_database(
         yield dsn
 
 
-@pytest.fixture(params=["session_mode", "postgres_forced"])
+def _session_is_plain_postgres() -> bool:
+    # Mirrors tests/conftest.py's choice (its stash key is private): used at collection time,
+    # before any fixture exists, to avoid generating a duplicate plain-PostgreSQL case.
+    requested = os.environ.get("TGW_TEST_STORAGE", "").strip().lower()
+    return requested == "postgres" or not timescaledb_installed()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "migrated_database_any_mode" in metafunc.fixturenames:
+        modes = ["postgres"] if _session_is_plain_postgres() else ["timescaledb", "postgres"]
+        metafunc.parametrize("migrated_database_any_mode", modes, indirect=True)
+
+
+@pytest.fixture
 async def migrated_database_any_mode(
     request: pytest.FixtureRequest,
     postgres_server: _Server,
     migrated_templates: MigratedTemplates,
-    storage_mode: StorageMode,
 ) -> AsyncIterator[tuple[StorageMode, str]]:
-    """(storage mode, DSN): the session's mode, then plain PostgreSQL forced."""
-    mode: StorageMode = "postgres" if request.param == "postgres_forced" else storage_mode
-    if request.param == "postgres_forced" and storage_mode == "postgres":
-        pytest.skip("the session's own mode is already plain PostgreSQL")
+    """(storage mode, DSN), parametrized: TimescaleDB (when the session has it) and plain
+    PostgreSQL (forced on a TimescaleDB server; the session's own mode otherwise)."""
+    mode: StorageMode = request.param
     async for dsn in _fresh_copy(postgres_server, migrated_templates, mode):
         yield mode, dsn
