@@ -12,7 +12,7 @@ SHELL := /bin/bash
 MAKEFLAGS += --no-print-directory
 
 BIN := .venv/bin
-PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG := $(or $(TGW_PG_CONFIG),/usr/lib/postgresql/15/bin/pg_config)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
@@ -49,7 +49,7 @@ test: setup
 	@if [ -f "$$($(PG_CONFIG) --sharedir)/extension/timescaledb.control" ]; then \
 	  $(call pytest,TimescaleDB mode: all tests,timescaledb,); \
 	  $(call pytest,plain PostgreSQL mode: integration + e2e,postgres,-m "integration or e2e"); \
-	elif [ "$${TGW_ALLOW_NO_TIMESCALEDB:-0}" = 1 ]; then \
+	elif [ "$${TGW_ALLOW_NO_TIMESCALEDB:-0}" = 1 ] || [ "$${TGW_SKIP_TIMESCALEDB:-0}" = 1 ]; then \
 	  echo "make: WARNING: TimescaleDB is not installed; running everything on plain PostgreSQL only" >&2; \
 	  $(call pytest,plain PostgreSQL mode: all tests,postgres,); \
 	else \
