@@ -218,7 +218,6 @@ class PostgresServer:
         """
         if self.running:
             return
-        self._initdb()
         if self._port is None:
             self._port = free_port()
         elif not port_is_free(self._port):
@@ -227,6 +226,7 @@ class PostgresServer:
                 f"port {self._port} on {LOOPBACK} is in use: stop what listens there "
                 "or choose another port"
             )
+        self._initdb()
         self._write_settings()
         what = f"PostgreSQL on {LOOPBACK}:{self._port}"
         started = self._run(
