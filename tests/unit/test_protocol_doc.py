@@ -57,6 +57,7 @@ from schemas import (
     TelemetrySample,
     TopicKind,
     decode_uplink,
+    ms_to_datetime,
     vehicle_topic,
 )
 from schemas import limits as protocol_limits
@@ -230,8 +231,6 @@ def _duration(ms: int) -> str:
 
 
 def _utc(ms: int) -> str:
-    from schemas import ms_to_datetime
-
     return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -250,12 +249,12 @@ def render_limits_table() -> str:
         f"| Age of a sample, event or result on arrival | at most "
         f"{_duration(limits.MAX_PAST_AGE_MS)} ({limits.MAX_PAST_AGE_MS} ms) "
         "| `clock_skew` | `MAX_PAST_AGE_MS` |",
-        f"| Command lifetime (`expires_at` − `issued_at`) | at most "
+        f"| Command lifetime (`expires_at` - `issued_at`) | at most "
         f"{_duration(limits.MAX_COMMAND_TTL_MS)} ({limits.MAX_COMMAND_TTL_MS} ms) "
         "| the gateway never sends a longer one | `MAX_COMMAND_TTL_MS` |",
         f"| Length of `boot_id` | 1 to {limits.MAX_BOOT_ID_LENGTH} characters "
         "| `schema_violation` | `MAX_BOOT_ID_LENGTH` |",
-        f"| `seq` | 0 to {limits.MAX_SEQ} (2^53 − 1) | `schema_violation` | `MAX_SEQ` |",
+        f"| `seq` | 0 to {limits.MAX_SEQ} (2^53 - 1) | `schema_violation` | `MAX_SEQ` |",
         f"| Timestamps (`ts`, `issued_at`, ...) | {limits.MIN_TIMESTAMP_MS} "
         f"({_utc(limits.MIN_TIMESTAMP_MS)}) to {limits.MAX_TIMESTAMP_MS} "
         f"({_utc(limits.MAX_TIMESTAMP_MS)}) | `schema_violation` "
@@ -280,9 +279,11 @@ def regenerate(text: str) -> str:
             rf"(^<!-- END GENERATED {re.escape(name)} -->$)",
             re.MULTILINE | re.DOTALL,
         )
-        if len(pattern.findall(text)) != 1:
+        matches = list(pattern.finditer(text))
+        if len(matches) != 1:
             raise DocFormatError(f"docs/protocol.md needs exactly one generated {name} section")
-        text = pattern.sub(lambda m, r=render: m.group(1) + r() + m.group(3), text)
+        body = matches[0].span(2)
+        text = text[: body[0]] + render() + text[body[1] :]
     return text
 
 
@@ -451,7 +452,9 @@ def test_every_field_is_documented(model: type[BaseModel]) -> None:
 
 
 def test_reason_table_matches_which_reasons_may_reject() -> None:
-    rows = dict(re.findall(r"^\| `(\w+)` \| (rejected|failed|rejected or failed) \|", DOC_TEXT, re.M))
+    rows = dict(
+        re.findall(r"^\| `(\w+)` \| (rejected|failed|rejected or failed) \|", DOC_TEXT, re.M)
+    )
     assert set(rows) == {reason.value for reason in CommandReason}
     for reason in CommandReason:
         assert ("rejected" in rows[reason.value]) == (reason in REJECTION_REASONS), reason
