@@ -51,6 +51,7 @@ __all__ = [
     "Variant",
     "apply_migrations",
     "connect",
+    "describe_dsn",
     "discover_migrations",
     "migration_status",
     "plan_migrations",
@@ -273,7 +274,7 @@ def plan_migrations(
     return pending
 
 
-def _describe(dsn: str) -> str:
+def describe_dsn(dsn: str) -> str:
     """host:port/dbname of a DSN, never its password."""
     try:
         params = conninfo_to_dict(dsn)
@@ -290,7 +291,7 @@ async def connect(dsn: str, *, autocommit: bool = True) -> psycopg.AsyncConnecti
         return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise StorageError(
-            f"cannot connect to the database at {_describe(dsn)}: "
+            f"cannot connect to the database at {describe_dsn(dsn)}: "
             f"{str(exc).strip().splitlines()[-1]}; is PostgreSQL running and is the DSN right?"
         ) from exc
     except psycopg.ProgrammingError as exc:
@@ -402,7 +403,7 @@ async def apply_migrations(
         if mode == "postgres":
             await ensure_partitions(conn, days_ahead=7, days_behind=7)
         info = await detect_storage_mode(conn, storage_mode)
-        log_storage_mode(info, database=_describe(dsn))
+        log_storage_mode(info, database=describe_dsn(dsn))
     return [m.id for m in pending]
 
 
