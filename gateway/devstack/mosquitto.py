@@ -406,7 +406,27 @@ class MosquittoBroker:
             give_to(self._owner, tmp)
         tmp.replace(self.acl_file)
 
+    @property
+    def pid_file(self) -> Path:
+        return self._work_dir / "mosquitto.pid"
+
+    def _reap_orphan(self) -> None:
+        """Stop a broker an earlier, killed run left behind on this work dir (it holds the port)."""
+        try:
+            pid = int(self.pid_file.read_text(encoding="utf-8").strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if str(self.config_file).encode() not in cmdline:
+            return  # the pid was reused by something else
+        _log.warning("devstack.broker_orphan_stopped", pid=pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def _start_once(self, binary: str) -> None:
+        self._reap_orphan()
         self._prepare_files()
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
@@ -417,6 +437,7 @@ class MosquittoBroker:
                 cwd=self._work_dir,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches only our CLI
             )
+        self.pid_file.write_text(f"{self._process.pid}\n", encoding="utf-8")
         try:
             self._wait_ready(self._probe_password)
         except DevStackError:
@@ -457,12 +478,14 @@ class MosquittoBroker:
     def kill(self) -> None:
         """Kill the broker with SIGKILL (a crash: no final persistence save); idempotent."""
         process, self._process = self._process, None
+        self.pid_file.unlink(missing_ok=True)
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 
     def _terminate(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
+        self.pid_file.unlink(missing_ok=True)
         if process is None or process.poll() is not None:
             return
         process.terminate()

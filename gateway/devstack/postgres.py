@@ -294,6 +294,8 @@ class PostgresServer:
             # "/" rather than our cwd, which the postgres user may not be allowed to enter.
             cwd="/",
             check=False,
+            # The server must not share our terminal's process group: Ctrl-C is ours to handle.
+            start_new_session=True,
         )
         if check and result.returncode != 0:
             raise DevStackError(
