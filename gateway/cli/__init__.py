@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from gateway.cli import gateway_cmd, schemas_cmd
+from gateway.cli import db, dev, gateway_cmd, schemas_cmd
 from gateway.errors import GatewayError
 
 __all__ = ["app", "main"]
@@ -24,6 +24,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(gateway_cmd.app, name="gateway", help="Run the gateway; check its health.")
+app.add_typer(db.app, name="db", help="Database: migrations and storage mode.")
+app.add_typer(dev.app, name="dev", help="Private broker and database for the demo and development.")
 app.add_typer(schemas_cmd.app, name="schemas", help="Protocol v1 contract: JSON Schema export.")
 
 
