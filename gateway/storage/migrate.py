@@ -24,7 +24,7 @@ from typing import Literal
 
 import psycopg
 import structlog
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from gateway.errors import MigrationError, StorageError
@@ -66,6 +66,8 @@ MIGRATION_LOCK_KEY = 0x7467775F6D696772
 _FILENAME_RE = re.compile(
     r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<variant>timescaledb|postgres))?\.sql$"
 )
+
+_CONNECT_TIMEOUT_S = 10
 
 _log = structlog.get_logger(__name__)
 
@@ -288,11 +290,15 @@ def describe_dsn(dsn: str) -> str:
 async def connect(dsn: str, *, autocommit: bool = True) -> psycopg.AsyncConnection[TupleRow]:
     """Open a connection, translating failures into `StorageError` with advice."""
     try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
+        conninfo = dsn
+        # libpq waits forever for an unreachable host unless told otherwise.
+        if not conninfo_to_dict(dsn).get("connect_timeout"):
+            conninfo = make_conninfo(dsn, connect_timeout=_CONNECT_TIMEOUT_S)
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise StorageError(
-            f"cannot connect to the database at {describe_dsn(dsn)}: "
-            f"{str(exc).strip().splitlines()[-1]}; is PostgreSQL running and is the DSN right?"
+            f"cannot connect to the database at {describe_dsn(dsn)} "
+            f"({str(exc).strip().splitlines()[0]}): is PostgreSQL running, and is the DSN right?"
         ) from exc
     except psycopg.ProgrammingError as exc:
         raise StorageError(f"the database DSN is malformed: {exc}") from exc
@@ -390,32 +396,46 @@ async def apply_migrations(
     """
     available = discover_migrations(directory)
     async with await connect(dsn) as conn:
-        # A session lock: closing the connection (below, or by a crash) releases it.
-        await _lock(conn)
-        await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
-        support = await probe_timescaledb(conn)
-        mode = choose_storage_mode(storage_mode, support, await recorded_storage_mode(conn))
-        pending = plan_migrations(available, await _read_applied(conn), mode)
-        if mode == "timescaledb" and support.installed_version is None:
-            await _create_extension(conn)
-        for migration in pending:
-            await _apply_one(conn, migration, mode)
-        if mode == "postgres":
-            await ensure_partitions(conn, days_ahead=7, days_behind=7)
-        info = await detect_storage_mode(conn, storage_mode)
-        log_storage_mode(info, database=describe_dsn(dsn))
+        try:
+            pending = await _migrate(conn, available, storage_mode)
+            info = await detect_storage_mode(conn, storage_mode)
+        except psycopg.Error as exc:
+            raise StorageError(f"migrating {describe_dsn(dsn)} failed: {exc}") from exc
+    log_storage_mode(info, database=describe_dsn(dsn))
     return [m.id for m in pending]
+
+
+async def _migrate(
+    conn: AnyConnection, available: list[MigrationVersion], storage_mode: StorageModeSetting
+) -> list[Migration]:
+    # A session lock: closing the connection (normally, or by a crash) releases it.
+    await _lock(conn)
+    await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
+    support = await probe_timescaledb(conn)
+    mode = choose_storage_mode(storage_mode, support, await recorded_storage_mode(conn))
+    pending = plan_migrations(available, await _read_applied(conn), mode)
+    if mode == "timescaledb" and support.installed_version is None:
+        await _create_extension(conn)
+    for migration in pending:
+        await _apply_one(conn, migration, mode)
+    if mode == "postgres":
+        await ensure_partitions(conn, days_ahead=7, days_behind=7)
+    return pending
 
 
 async def migration_status(dsn: str, *, directory: Traversable | None = None) -> MigrationStatus:
     """Read which migrations are applied and pending, and the storage mode (changes nothing).
 
-    Problems (changed files, unknown versions, mode impossible) are listed, not raised, so that
-    `tgw db status` can show them all.
+    Mismatches between files and database (changed, unknown or out-of-order migrations) are
+    listed in `problems`, not raised, so that `tgw db status` can show them all; a storage mode
+    that cannot work raises `StorageModeError`.
     """
     available = discover_migrations(directory)
     async with await connect(dsn) as conn:
-        applied = await _read_applied(conn)
-        storage = await detect_storage_mode(conn)
+        try:
+            applied = await _read_applied(conn)
+            storage = await detect_storage_mode(conn)
+        except psycopg.Error as exc:
+            raise StorageError(f"reading the schema of {describe_dsn(dsn)} failed: {exc}") from exc
         pending, problems = _compare(available, applied, storage.mode)
     return MigrationStatus(storage=storage, applied=applied, pending=pending, problems=problems)

@@ -18,6 +18,13 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The commands configure structlog for the process (and it caches loggers on first use);
+    # in a test process that would silence INFO lines for every later test's capture_logs.
+    monkeypatch.setattr("gateway.cli.db.configure_logging", lambda *_a, **_k: None)
+
+
 def run_cli(*args: str) -> Any:
     # The commands run their own event loop; keep it off the test's loop thread.
     return runner.invoke(app, list(args))
