@@ -6,7 +6,10 @@ import json
 from collections.abc import Callable
 
 import pytest
-from ingest_support import (
+
+from gateway.devstack import BrokerAccount, MosquittoBroker, PostgresServer
+from schemas import TopicKind
+from tests.integration.ingest_support import (
     Car,
     fetch,
     gateway_settings,
@@ -15,9 +18,6 @@ from ingest_support import (
     telemetry,
     wait_for_value,
 )
-
-from gateway.devstack import BrokerAccount, MosquittoBroker, PostgresServer
-from schemas import TopicKind
 
 CarFactory = Callable[..., BrokerAccount]
 

@@ -14,11 +14,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from ingest_support import WAIT_S, Car, fetch, gateway_settings, now_ms, telemetry, wait_for_value
 
 from gateway.config import Settings
 from gateway.devstack import BrokerAccount, MosquittoBroker
 from schemas import TopicKind
+from tests.integration.ingest_support import (
+    WAIT_S,
+    Car,
+    fetch,
+    gateway_settings,
+    now_ms,
+    telemetry,
+    wait_for_value,
+)
 
 CarFactory = Callable[..., BrokerAccount]
 

@@ -1,0 +1,1 @@
+"""tgw test suite."""
