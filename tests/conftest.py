@@ -13,6 +13,11 @@ Storage mode comes from TGW_TEST_STORAGE: `timescaledb` (the default when Timesc
 installed) or `postgres`. Asking for `timescaledb` where it is not installed is an error; in
 `postgres` mode tests marked `timescaledb` are skipped.
 
+Sharing the session broker: its username is each client's id (use_username_as_clientid), so two
+connections with the same account take each other's session; and a persistent session keeps its
+$share subscriptions while offline, receiving its turn of every message. Tests that leave
+persistent sessions behind, or restart the broker, should use `private_broker`.
+
 Tests under tests/unit, tests/integration and tests/e2e get their tier's marker automatically.
 The services live in pytest's temporary directory and are removed at the end of the session
 (set TGW_TEST_KEEP_SERVICES=1 to keep their files and logs for a post-mortem).

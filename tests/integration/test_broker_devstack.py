@@ -10,7 +10,7 @@ from gateway.devstack import (
     connack_reason,
     random_vin,
 )
-from schemas.topics import TopicKind, shared_subscription, vehicle_topic
+from schemas.topics import TopicKind, shared_subscription, topic_filter, vehicle_topic
 
 
 def test_session_broker_carries_a_cars_telemetry_to_the_gateway(
@@ -90,3 +90,41 @@ def test_restart_keeps_port_accounts_and_queued_messages(private_broker: Mosquit
 
 def _persistent(account: BrokerAccount) -> MqttTestClient:
     return MqttTestClient(account, clean_start=False, session_expiry_s=3600)
+
+
+def test_kill_then_start_comes_back_on_the_same_port(private_broker: MosquittoBroker) -> None:
+    broker = private_broker
+    port = broker.port
+    broker.kill()
+    broker.kill()  # idempotent
+    assert not broker.running
+    assert connack_reason(broker.host, port, broker.gateway_username, "x") is None
+    broker.start()
+    assert broker.port == port
+    assert connack_reason(broker.host, port, broker.gateway_username, broker.gateway_password) == 0
+
+
+def test_shared_subscription_queues_an_offline_members_share(
+    private_broker: MosquittoBroker,
+) -> None:
+    """Mosquitto 2.0 keeps dealing messages to an offline persistent member of a share group:
+    its share waits in its session until it returns (a stopped gateway instance holds data back
+    until it reconnects; one retired for good must end its session)."""
+    broker = private_broker
+    second = BrokerAccount(
+        "tgw-gateway-2", broker.add_gateway("tgw-gateway-2"), broker.host, broker.port
+    )
+    car = BrokerAccount(vin := random_vin(), broker.add_car(vin), broker.host, broker.port)
+    with _persistent(second) as member:
+        member.subscribe(shared_subscription(TopicKind.TELEMETRY))
+    with _persistent(broker.gateway_account) as online:
+        online.subscribe(shared_subscription(TopicKind.TELEMETRY), topic_filter(TopicKind.EVENTS))
+        with MqttTestClient(car) as client:
+            for i in range(4):
+                assert client.publish(vehicle_topic(vin, TopicKind.TELEMETRY), b"%d" % i) == 0
+            assert client.publish(vehicle_topic(vin, TopicKind.EVENTS), b"barrier") == 0
+        online_share = [m.payload for m in online.messages_until(b"barrier")][:-1]
+    with _persistent(second) as member:
+        offline_share = [member.next_message().payload for _ in range(4 - len(online_share))]
+    assert sorted(online_share + offline_share) == [b"0", b"1", b"2", b"3"]
+    assert offline_share  # the offline member really got a share
