@@ -11,6 +11,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -220,7 +221,7 @@ class PostgresServer:
             return
         if self._port is None:
             self._port = free_port()
-        elif not port_is_free(self._port):
+        elif not self._port_frees_up(self._port):
             # Also after a stop: clients hold this port, so moving elsewhere would strand them.
             raise DevStackError(
                 f"port {self._port} on {LOOPBACK} is in use: stop what listens there "
@@ -251,6 +252,18 @@ class PostgresServer:
             timescaledb=self._timescaledb,
             data_dir=str(self._data_dir),
         )
+
+    @staticmethod
+    def _port_frees_up(port: int, within_s: float = 10.0) -> bool:
+        # While the server is down, a client retrying it can be handed this very port as its
+        # own ephemeral source port and connect to itself (TCP self-connect on loopback);
+        # such a socket is gone as soon as the client gives up, so wait briefly for it.
+        deadline = time.monotonic() + within_s
+        while not port_is_free(port):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Stop the server (`fast`: disconnect clients, shut down cleanly); idempotent.
