@@ -51,4 +51,4 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         cache_logger_on_first_use=True,
     )
     # Libraries (paho, psycopg) log through the standard library; keep them at WARNING.
-    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=_CurrentStderr())
