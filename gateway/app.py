@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.api.app import create_app
 from gateway.api.health import HealthProbe
 from gateway.api.server import EmbeddedHttpServer
+from gateway.commands import CommandSystem
 from gateway.config import Settings
 from gateway.errors import StorageError
 from gateway.ingest.maintenance import run_maintenance
@@ -103,12 +104,18 @@ async def run_gateway(
         ) from exc
     async with pool:
         await _log_storage(pool, database.storage_mode)
-        async with MqttIngestSource(settings.mqtt, INGEST_KINDS) as source:
+        # Built before the broker session: command results arrive on that same connection.
+        commands = CommandSystem(settings, pool, metrics.registry)
+        async with MqttIngestSource(settings.mqtt, INGEST_KINDS, routes=commands.routes) as source:
             pipeline = IngestPipeline(source, BatchWriter(pool), settings.ingest, metrics)
             health = HealthProbe(pool, _IngestProgress(source, pipeline))
-            http = EmbeddedHttpServer(
-                create_app(health, metrics.registry), settings.http.host, settings.http.port
+            app = create_app(
+                health,
+                metrics.registry,
+                authenticator=commands.authenticator,
+                commands=commands.service,
             )
+            http = EmbeddedHttpServer(app, settings.http.host, settings.http.port)
             async with asyncio.TaskGroup() as tasks:
                 ingest = tasks.create_task(pipeline.run(), name="ingest")
                 helpers = [
@@ -118,6 +125,7 @@ async def run_gateway(
                     ),
                     tasks.create_task(_watch_broker(source, metrics), name="broker-watch"),
                 ]
+                helpers += commands.start(tasks, broker=source)
                 log.info(
                     "gateway.started",
                     broker=f"{settings.mqtt.host}:{settings.mqtt.port}",
@@ -134,6 +142,7 @@ async def run_gateway(
                     # Uncommitted messages stay unacknowledged at the broker: not lost.
                     log.warning("gateway.flush_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
                     ingest.cancel()
+                commands.close_streams()
                 http.stop()
                 for task in helpers[1:]:
                     task.cancel()

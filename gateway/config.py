@@ -20,10 +20,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from schemas.limits import MAX_FUTURE_SKEW_MS, MAX_PAST_AGE_MS, MAX_PAYLOAD_BYTES
+from schemas.limits import (
+    MAX_COMMAND_TTL_MS,
+    MAX_FUTURE_SKEW_MS,
+    MAX_PAST_AGE_MS,
+    MAX_PAYLOAD_BYTES,
+)
 from schemas.topics import GATEWAY_SHARE_GROUP
 
 __all__ = [
+    "CommandSettings",
+    "CommandTtls",
     "DatabaseSettings",
     "HttpSettings",
     "IngestSettings",
@@ -101,6 +108,41 @@ class HttpSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class CommandTtls(_Section):
+    """Default time-to-live per action, in seconds, when a request names none."""
+
+    lock: int = Field(default=30, ge=2, le=MAX_COMMAND_TTL_MS // 1000)
+    unlock: int = Field(default=30, ge=2, le=MAX_COMMAND_TTL_MS // 1000)
+    unlock_and_enable_driving: int = Field(default=30, ge=2, le=MAX_COMMAND_TTL_MS // 1000)
+    lock_and_disable_driving: int = Field(default=30, ge=2, le=MAX_COMMAND_TTL_MS // 1000)
+    request_state: int = Field(default=15, ge=2, le=MAX_COMMAND_TTL_MS // 1000)
+
+
+class CommandSettings(_Section):
+    """Remote commands: signing key, deadlines, one-in-flight policy (docs/commands.md)."""
+
+    # None: the gateway cannot sign, so it accepts no commands (the API answers 503).
+    signing_key_file: Path | None = None
+    signing_key_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Default: the file's stem."
+    )
+    # Optional per-car keys: <dir>/<VIN>.key signs that car's commands instead of the fleet key.
+    vehicle_keys_dir: Path | None = None
+    default_ttl_s: CommandTtls = CommandTtls()
+    # queue: later commands for a busy car wait in order; refuse: answer 409 while one is active.
+    busy_policy: Literal["queue", "refuse"] = "queue"
+    max_queued_per_vehicle: int = Field(default=5, ge=1, le=100)
+    # After the car accepted: how long it has to answer executed or failed.
+    answer_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    # After expires_at: how long a sent command may still be answered (car clock skew + latency).
+    expiry_grace_s: float = Field(default=5.0, ge=0, le=60)
+    # After executed: how long telemetry may take to confirm the lock (then it stays executed).
+    verify_window_s: float = Field(default=600.0, gt=0)
+    publish_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
+    result_workers: int = Field(default=4, ge=1, le=64)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool | None = Field(default=None, description="None: JSON unless on a TTY.")
@@ -120,6 +162,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ingest: IngestSettings = IngestSettings()
     http: HttpSettings = HttpSettings()
+    commands: CommandSettings = CommandSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

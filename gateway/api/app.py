@@ -1,4 +1,4 @@
-"""The ASGI application: health and Prometheus metrics for now; the fleet API joins it."""
+"""The ASGI application: health, Prometheus metrics and the operator API (token + role)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,36 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.api.auth import Authenticator
+from gateway.api.commands import commands_router
 from gateway.api.health import HealthProbe
+from gateway.api.problems import install_problem_handlers
+from gateway.commands import CommandService
 
 __all__ = ["create_app"]
 
 
-def create_app(health: HealthProbe, registry: CollectorRegistry) -> FastAPI:
-    """Build the HTTP application around the running gateway's parts."""
+def create_app(
+    health: HealthProbe,
+    registry: CollectorRegistry,
+    *,
+    authenticator: Authenticator | None = None,
+    commands: CommandService | None = None,
+) -> FastAPI:
+    """Build the HTTP application around the running gateway's parts.
+
+    Args:
+        health: answers `/health`.
+        registry: the process's Prometheus metrics.
+        authenticator: checks bearer tokens (required by every `/v1` route that needs a role).
+        commands: the command system; its routes are mounted when given.
+    """
     app = FastAPI(title="tgw gateway", version="1", openapi_url="/v1/openapi.json")
+    install_problem_handlers(app)
+    app.state.authenticator = authenticator
+    if commands is not None:
+        assert authenticator is not None, "the command routes need an authenticator"
+        app.include_router(commands_router(commands))
 
     @app.get("/health", summary="Broker, database and ingest progress")
     async def get_health() -> JSONResponse:

@@ -4,6 +4,11 @@ paho-mqtt 2.x is used directly because it supports manual acknowledgement
 (aiomqtt 2.5 does not). Its network loop runs in paho's own thread; messages
 cross into asyncio through a deque with a coalesced wake-up, so the hot path
 costs one append per message.
+
+The same connection serves the command system (the broker pins client id =
+username, so a gateway process has one connection): `routes` hands the
+messages of other topic kinds (command results) to their own handler instead
+of the ingest buffer, and `publish` sends downlink messages and awaits PUBACK.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import collections
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -28,7 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.config import MqttSettings
 from gateway.errors import BrokerError
 from gateway.ingest.inbound import InboundMessage
-from schemas.topics import TopicKind, shared_subscription
+from schemas.topics import TopicKind, shared_subscription, topic_filter
 
 __all__ = ["MqttIngestSource"]
 
@@ -48,9 +53,19 @@ class MqttIngestSource:
         kinds: Sequence[TopicKind],
         *,
         connect_timeout_s: float = 10.0,
+        routes: Mapping[TopicKind, Callable[[InboundMessage], None]] | None = None,
     ) -> None:
+        """Args:
+        settings: broker address and the gateway's account.
+        kinds: topic kinds to subscribe to (shared) for ingest.
+        connect_timeout_s: how long `async with` waits for the first CONNACK.
+        routes: more kinds to subscribe to, each delivered to its handler (called on the
+            event loop) instead of `receive`; acknowledge them with `ack` as usual.
+        """
         self._settings = settings
-        self._kinds = tuple(kinds)
+        self._routes = dict(routes or {})
+        self._kinds = tuple(kinds) + tuple(kind for kind in self._routes if kind not in kinds)
+        self._publishes: dict[int, asyncio.Future[ReasonCode]] = {}
         self._connect_timeout_s = connect_timeout_s
         self._buffer: collections.deque[InboundMessage] = collections.deque()
         self._generation = 0
@@ -199,6 +214,9 @@ class MqttIngestSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        for kind, handler in self._routes.items():
+            client.message_callback_add(topic_filter(kind), self._router(handler))
         return client
 
     def _on_connect(
@@ -254,6 +272,67 @@ class MqttIngestSource:
         if not self._wake_scheduled and self._loop is not None:
             self._wake_scheduled = True
             self._loop.call_soon_threadsafe(self._wake)
+
+    def _router(
+        self, handler: Callable[[InboundMessage], None]
+    ) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+        def route(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+            inbound = InboundMessage(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                mid=message.mid,
+                qos=message.qos,
+                generation=self._generation,
+                received_at_ms=time.time_ns() // 1_000_000,
+                retained=bool(message.retain),
+            )
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(handler, inbound)
+
+        return route
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._published, mid, reason_code)
+
+    def _published(self, mid: int, reason_code: ReasonCode) -> None:
+        future = self._publishes.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason_code)
+
+    # --- downlink (event loop) ---------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: bytes, properties: Properties, *, timeout_s: float
+    ) -> ReasonCode:
+        """Publish with QoS 1 (not retained) and return the broker's PUBACK reason code.
+
+        Raises:
+            BrokerError: not connected now (nothing was handed to paho), or no PUBACK within
+                `timeout_s` (paho may still deliver it: the receiver must tolerate a duplicate).
+        """
+        client = self._client
+        if client is None or not self._connected or self._closed:
+            raise BrokerError("not connected to the MQTT broker")
+        info = client.publish(topic, payload, qos=1, retain=False, properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"paho could not send to {topic}: {mqtt.error_string(info.rc)}")
+        # paho reports the PUBACK through call_soon_threadsafe, so it cannot run before this.
+        future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
+        self._publishes[info.mid] = future
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError as exc:
+            raise BrokerError(f"no PUBACK for {topic} within {timeout_s:.1f} s") from exc
+        finally:
+            self._publishes.pop(info.mid, None)
 
     def _wake(self) -> None:
         self._wake_scheduled = False

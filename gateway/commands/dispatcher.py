@@ -1,0 +1,148 @@
+"""Sending commands: claim a car's oldest queued command, sign it, publish it with MQTT 5.
+
+Any gateway instance dispatches: the database decides which one sends a given command (a
+per-car advisory lock plus the row lock, see `CommandStore.dispatch`), so two instances never
+send the same command and a car never has two in flight. The dispatcher wakes on NOTIFY (a
+command was queued, a car became free) and polls besides, so a lost notification only delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, Protocol
+
+import psycopg
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from psycopg_pool import PoolTimeout
+
+from gateway.commands.errors import SigningKeyError
+from gateway.commands.lifecycle import IN_FLIGHT, Status
+from gateway.commands.metrics import CommandMetrics
+from gateway.commands.models import CommandEvent
+from gateway.commands.signing import CommandSigner
+from gateway.commands.store import ClaimedCommand, CommandStore, DispatchOutcome
+from gateway.config import CommandSettings
+from gateway.errors import BrokerError
+from schemas import TopicKind, command_topic, vehicle_topic
+
+__all__ = ["CommandDispatcher", "CommandPublisher"]
+
+log = structlog.get_logger(__name__)
+
+_POLL_S = 1.0
+_MAX_CARS_PER_ROUND = 500
+_CONCURRENCY = 4
+_RETRY_NO_SUBSCRIBER_S = 1.0
+_RETRY_ERROR_S = 2.0
+
+
+class CommandPublisher(Protocol):
+    """The broker side: publish QoS 1 and return the PUBACK reason code."""
+
+    async def publish(
+        self, topic: str, payload: bytes, properties: Properties, *, timeout_s: float
+    ) -> ReasonCode: ...
+
+
+class CommandDispatcher:
+    """Runs until cancelled: sends every queued command whose car is free, oldest first."""
+
+    def __init__(
+        self,
+        store: CommandStore,
+        signer: CommandSigner,
+        publisher: CommandPublisher,
+        settings: CommandSettings,
+        metrics: CommandMetrics,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._publisher = publisher
+        self._settings = settings
+        self._metrics = metrics
+        self._wake = asyncio.Event()
+        self._claiming: set[str] = set()
+        self._retry_at: dict[str, float] = {}
+        self._slots = asyncio.Semaphore(_CONCURRENCY)
+
+    def on_event(self, event: CommandEvent) -> None:
+        """Hub listener: a queued command, or a car leaving flight, may mean work."""
+        if event.status is Status.QUEUED or event.status not in IN_FLIGHT:
+            self._wake.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as claims:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _POLL_S)
+                self._wake.clear()
+                try:
+                    vins = await self._store.dispatchable(_MAX_CARS_PER_ROUND)
+                except (psycopg.OperationalError, PoolTimeout) as exc:
+                    log.warning("commands.database_unavailable", error=str(exc))
+                    continue
+                now = time.monotonic()
+                for vin in vins:
+                    if vin in self._claiming or self._retry_at.get(vin, 0.0) > now:
+                        continue
+                    self._retry_at.pop(vin, None)
+                    self._claiming.add(vin)
+                    claims.create_task(self._dispatch(vin), name=f"dispatch:{vin}")
+
+    async def _dispatch(self, vin: str) -> None:
+        try:
+            async with self._slots:
+                outcome, events = await self._store.dispatch(vin, self._publish)
+            self._metrics.dispatch.labels(outcome.value).inc()
+            if outcome is DispatchOutcome.NO_SUBSCRIBER:
+                self._retry_at[vin] = time.monotonic() + _RETRY_NO_SUBSCRIBER_S
+                log.info("commands.no_subscriber", vin=vin)
+            elif outcome is DispatchOutcome.REFUSED:
+                log.error("commands.broker_refused", vin=vin)
+            for event in events:
+                log.info(
+                    "commands.transition",
+                    command_id=str(event.command_id),
+                    vin=vin,
+                    status=event.status.value,
+                )
+        except (BrokerError, SigningKeyError) as exc:
+            # The transaction rolled back: the command is still queued; try again shortly.
+            self._metrics.dispatch.labels("error").inc()
+            self._retry_at[vin] = time.monotonic() + _RETRY_ERROR_S
+            log.warning("commands.dispatch_failed", vin=vin, error=str(exc))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            self._metrics.dispatch.labels("error").inc()
+            self._retry_at[vin] = time.monotonic() + _RETRY_ERROR_S
+            log.warning("commands.database_unavailable", vin=vin, error=str(exc))
+        finally:
+            self._claiming.discard(vin)
+
+    async def _publish(self, claimed: ClaimedCommand) -> tuple[int, str | None]:
+        message = self._signer.sign(
+            command_id=claimed.command_id,
+            vin=claimed.vin,
+            action=claimed.action,
+            issued_at_ms=claimed.issued_at_ms,
+            expires_at_ms=claimed.expires_at_ms,
+            nonce=claimed.nonce,
+        )
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho ships no hints here
+        properties.ResponseTopic = vehicle_topic(claimed.vin, TopicKind.COMMAND_RESULTS)
+        properties.CorrelationData = claimed.command_id.bytes
+        # Rounded down, so the broker drops the command before its deadline, never after.
+        properties.MessageExpiryInterval = int(claimed.seconds_left)
+        started = time.perf_counter()
+        reason: Any = await self._publisher.publish(
+            command_topic(claimed.vin),
+            message.model_dump_json().encode(),
+            properties,
+            timeout_s=self._settings.publish_timeout_s,
+        )
+        self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        return int(reason.value), message.key_id

@@ -1,0 +1,154 @@
+"""What the API asks of the command system: request, read, list, and follow a command live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from gateway.commands.errors import CommandRefusedError
+from gateway.commands.events import CommandEventHub
+from gateway.commands.lifecycle import stream_ends
+from gateway.commands.metrics import CommandMetrics
+from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand
+from gateway.commands.store import CommandStore
+from gateway.config import CommandSettings
+from schemas import MAX_COMMAND_TTL_MS
+
+__all__ = ["MIN_TTL_S", "CommandService"]
+
+MIN_TTL_S = 2
+"""Shorter deadlines cannot survive one broker round trip plus the car's clock skew."""
+
+
+class CommandService:
+    """The command system's use cases, for the HTTP API."""
+
+    def __init__(
+        self,
+        store: CommandStore,
+        hub: CommandEventHub,
+        settings: CommandSettings,
+        metrics: CommandMetrics,
+        *,
+        signing_enabled: bool,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._settings = settings
+        self._metrics = metrics
+        self._signing_enabled = signing_enabled
+
+    async def request(self, new: NewCommand) -> tuple[CommandRecord, bool]:
+        """Queue a command (or find the one with the same idempotency key).
+
+        Returns the command and whether it was created now.
+
+        Raises:
+            CommandRefusedError: refused at once, with the HTTP status to answer.
+        """
+        if not self._signing_enabled:
+            raise CommandRefusedError(
+                "this gateway cannot send commands: no signing key is configured "
+                "(set TGW_COMMANDS__SIGNING_KEY_FILE; see docs/commands.md)",
+                status=503,
+                kind="commands-disabled",
+            )
+        ttl_s = new.ttl_s or getattr(self._settings.default_ttl_s, new.action.value)
+        max_ttl_s = MAX_COMMAND_TTL_MS // 1000
+        if not MIN_TTL_S <= ttl_s <= max_ttl_s:
+            raise CommandRefusedError(
+                f"ttl_s must be between {MIN_TTL_S} and {max_ttl_s} seconds, not {ttl_s}",
+                status=422,
+                kind="bad-ttl",
+            )
+        try:
+            record, created = await self._store.create(
+                new,
+                ttl_s=ttl_s,
+                busy_policy=self._settings.busy_policy,
+                max_queued=self._settings.max_queued_per_vehicle,
+            )
+        except CommandRefusedError as exc:
+            self._metrics.refused.labels(exc.kind).inc()
+            raise
+        if created:
+            self._metrics.requested.labels(new.action.value).inc()
+        return record, created
+
+    async def get(self, command_id: UUID) -> CommandRecord | None:
+        return await self._store.get(command_id)
+
+    async def list_for_vehicle(self, vin: str, *, limit: int, cursor: str | None) -> CommandPage:
+        if not await self._store.vehicle_exists(vin):
+            raise CommandRefusedError(
+                f"vehicle {vin} is unknown", status=404, kind="unknown-vehicle"
+            )
+        return await self._store.list_for_vehicle(vin, limit=limit, cursor=cursor)
+
+    async def follow(
+        self, command_id: UUID, *, heartbeat_s: float
+    ) -> AsyncIterator[CommandEvent | None]:
+        """The command's transitions so far, then live ones until it has nothing more to tell.
+
+        Yields None every `heartbeat_s` without news (the caller sends a keep-alive); each
+        heartbeat also re-reads the history, so a notification lost in a database reconnect
+        only delays an event.
+        """
+        async with self._hub.subscribe(lambda e: e.command_id == command_id) as subscription:
+            last_id = 0
+            while True:
+                record = await self._store.get(command_id)
+                if record is None:
+                    return
+                for event in _history(record):
+                    if event.transition_id > last_id:
+                        last_id = event.transition_id
+                        yield event
+                if stream_ends(record.status, record.action):
+                    return
+                while True:
+                    try:
+                        live = await subscription.next(heartbeat_s)
+                    except StopAsyncIteration:
+                        return
+                    if live is None:
+                        yield None
+                        break  # re-read the history
+                    if live.transition_id <= last_id:
+                        continue
+                    last_id = live.transition_id
+                    yield live
+                    if stream_ends(live.status, live.action):
+                        return
+
+    async def follow_all(
+        self, *, vin: str | None, heartbeat_s: float
+    ) -> AsyncIterator[CommandEvent | None]:
+        """Every command event from now on (one car's with `vin`), None as keep-alive."""
+        async with self._hub.subscribe(lambda e: vin is None or e.vin == vin) as subscription:
+            while True:
+                try:
+                    yield await subscription.next(heartbeat_s)
+                except StopAsyncIteration:
+                    return
+
+
+def _history(record: CommandRecord) -> list[CommandEvent]:
+    events = []
+    for transition in record.transitions or []:
+        latest = transition.status is record.status
+        detail = transition.detail or {}
+        events.append(
+            CommandEvent(
+                transition_id=transition.id,
+                command_id=record.command_id,
+                vin=record.vin,
+                action=record.action,
+                status=transition.status,
+                at=transition.at,
+                reason=record.reason if latest else detail.get("reason"),
+                detail=record.detail if latest else None,
+                failed_preconditions=record.failed_preconditions if latest else [],
+            )
+        )
+    return events

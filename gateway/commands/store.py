@@ -1,0 +1,721 @@
+"""The command lifecycle in PostgreSQL: every state change is one conditional statement.
+
+Each move is `UPDATE commands ... WHERE status = <expected>` together with its row in
+`command_transitions`, its row in `audit_log` (actor: the operator who asked) and a NOTIFY on
+`tgw_commands` carrying the new state, all in one statement. Two gateway instances (or a
+restarted one and its sweeper) can therefore never both move a command: the second finds the
+status changed and moves nothing. The database's clock decides deadlines, so instances with
+slightly different clocks agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, LiteralString
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.commands.errors import CommandRefusedError
+from gateway.commands.lifecycle import (
+    ACTIVE,
+    IN_FLIGHT,
+    ResultEffect,
+    Status,
+    allowed_sources,
+    effect_of_result,
+    target_status,
+)
+from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand, Transition
+from schemas import CommandAction, CommandResultMessage, ms_to_datetime
+
+__all__ = [
+    "EVENTS_CHANNEL",
+    "ClaimedCommand",
+    "CommandStore",
+    "DispatchOutcome",
+    "GatewayReason",
+    "ResultApplied",
+]
+
+EVENTS_CHANNEL = "tgw_commands"
+GATEWAY_ACTOR = "gateway"
+
+# Advisory lock namespaces (first key of pg_advisory_xact_lock(int, int)); the second key is
+# hashtext(vin). Creating and dispatching use different ones so neither waits for the other.
+_CREATE_LOCK = 0x7467_0001
+_DISPATCH_LOCK = 0x7467_0002
+
+_ACTIVE = [s.value for s in ACTIVE]
+_IN_FLIGHT = [s.value for s in IN_FLIGHT]
+
+
+class GatewayReason(StrEnum):
+    """Reasons the gateway itself gives (the car's are `schemas.CommandReason`)."""
+
+    DEADLINE_PASSED = "deadline_passed"  # expired: the car did not take it in time
+    NO_FINAL_ANSWER = "no_final_answer"  # timed out after accepted
+    BROKER_REFUSED = "broker_refused"  # the broker would not take it (ACL)
+
+
+_COMMAND_COLUMNS: LiteralString = """
+    c.id AS command_id, c.vin, c.action, c.status, c.requested_by, c.idempotency_key,
+    c.created_at, c.issued_at, c.expires_at, c.sent_at, c.accepted_at, c.finished_at,
+    c.reason, c.detail, c.failed_preconditions, c.result_state, c.late_outcome, c.key_id,
+    c.attempts
+"""
+
+_INSERT_COMMAND = f"""
+                WITH clock AS (SELECT date_trunc('milliseconds', clock_timestamp()) AS t)
+                INSERT INTO commands AS c
+                    (vin, action, requested_by, idempotency_key, issued_at, expires_at, nonce)
+                SELECT %(vin)s, %(action)s, %(by)s, %(key)s, t,
+                       t + make_interval(secs => %(ttl)s), %(nonce)s FROM clock
+                ON CONFLICT ON CONSTRAINT commands_idempotency_key DO NOTHING
+                RETURNING {_COMMAND_COLUMNS}
+                """  # noqa: S608  # constants only
+
+_QUEUED = f"""
+                WITH transition AS (
+                    INSERT INTO command_transitions (command_id, status, actor, detail)
+                    VALUES (%(id)s, 'queued', %(actor)s, %(detail)s) RETURNING id, at
+                ), audited AS (
+                    INSERT INTO audit_log (actor, action, target, detail)
+                    VALUES (%(by)s, 'command.queued', %(vin)s, jsonb_build_object(
+                        'command_id', %(id)s::uuid, 'action', %(action)s::text,
+                        'status', 'queued', 'by', %(actor)s::text, 'ttl_s', %(ttl)s::int,
+                        'idempotency_key', %(key)s::text))
+                    RETURNING 1
+                )
+                SELECT id, pg_notify('{EVENTS_CHANNEL}', json_build_object(
+                    'transition_id', id, 'command_id', %(id)s::uuid, 'vin', %(vin)s::text,
+                    'action', %(action)s::text, 'status', 'queued', 'at', at)::text)
+                FROM transition
+                """  # noqa: S608  # constants only
+
+# One state change, for every row `where` selects: update, transition, audit, notify.
+_MOVE = """
+WITH moved AS (
+    UPDATE commands c SET status = %(to)s, updated_at = now() {sets}
+    WHERE {where}
+    RETURNING c.id, c.vin, c.action, c.status, c.requested_by, c.reason, c.detail,
+              c.failed_preconditions
+), transition AS (
+    INSERT INTO command_transitions (command_id, status, actor, detail)
+    SELECT id, status, %(actor)s, %(transition_detail)s::jsonb FROM moved
+    RETURNING id, command_id, status, at
+), audited AS (
+    INSERT INTO audit_log (actor, action, target, detail)
+    SELECT m.requested_by, 'command.' || m.status, m.vin, jsonb_build_object(
+        'command_id', m.id, 'action', m.action, 'status', m.status, 'by', %(actor)s,
+        'reason', m.reason, 'detail', m.detail)
+    FROM moved m
+    RETURNING 1
+)
+SELECT t.id AS transition_id, t.command_id, m.vin, m.action, t.status, t.at, m.reason, m.detail,
+       m.failed_preconditions,
+       pg_notify('{channel}', json_build_object(
+           'transition_id', t.id, 'command_id', t.command_id, 'vin', m.vin, 'action', m.action,
+           'status', t.status, 'at', t.at, 'reason', m.reason, 'detail', m.detail,
+           'failed_preconditions', m.failed_preconditions)::text) AS notified
+FROM transition t JOIN moved m ON m.id = t.command_id
+"""
+
+
+def _move(where: LiteralString, sets: LiteralString = "") -> sql.Composed:
+    return sql.SQL(_MOVE.replace("{channel}", EVENTS_CHANNEL)).format(
+        sets=sql.SQL(sets), where=sql.SQL(where)
+    )
+
+
+_MOVE_ONE = {
+    Status.SENT: _move(
+        "c.id = %(id)s AND c.status = 'queued'",
+        ", sent_at = now(), key_id = %(key_id)s, attempts = c.attempts + 1",
+    ),
+    Status.ACCEPTED: _move(
+        "c.id = %(id)s AND c.status = ANY(%(from)s)",
+        ", accepted_at = now(), car_accepted_at = %(car_at)s",
+    ),
+    Status.EXPIRED: _move(
+        "c.id = %(id)s AND c.status = ANY(%(from)s)",
+        ", finished_at = now(), reason = %(reason)s, detail = %(detail)s",
+    ),
+    Status.FAILED: _move(
+        "c.id = %(id)s AND c.status = ANY(%(from)s)",
+        ", finished_at = now(), car_finished_at = %(car_at)s, reason = %(reason)s,"
+        " detail = %(detail)s, failed_preconditions = %(preconditions)s,"
+        " result_state = %(state)s",
+    ),
+}
+_MOVE_ONE[Status.REJECTED] = _MOVE_ONE[Status.FAILED]
+_MOVE_ONE[Status.EXECUTED] = _MOVE_ONE[Status.FAILED]
+
+_EXPIRE_QUEUED = _move(
+    "c.id IN (SELECT id FROM commands WHERE status = 'queued' AND expires_at <= now() "
+    "FOR UPDATE SKIP LOCKED)",
+    ", finished_at = now(), reason = 'deadline_passed',"
+    " detail = 'its deadline passed before it could be sent to the car'",
+)
+_EXPIRE_SENT = _move(
+    "c.id IN (SELECT id FROM commands WHERE status = 'sent' "
+    "AND expires_at + make_interval(secs => %(grace_s)s) <= now() FOR UPDATE SKIP LOCKED)",
+    ", finished_at = now(), reason = 'deadline_passed',"
+    " detail = 'the car did not take it before its deadline (offline or out of coverage)'",
+)
+_TIME_OUT = _move(
+    "c.id IN (SELECT id FROM commands WHERE status = 'accepted' "
+    "AND accepted_at + make_interval(secs => %(timeout_s)s) <= now() FOR UPDATE SKIP LOCKED)",
+    ", finished_at = now(), reason = 'no_final_answer',"
+    " detail = 'the car accepted it but did not say executed or failed in time'",
+)
+# Telemetry (latest state) or a lock event at or after the car accepted shows the expected lock.
+_VERIFY = _move(
+    """
+    c.id IN (
+        SELECT x.id FROM commands x
+        LEFT JOIN latest_state s ON s.vin = x.vin
+        WHERE x.status = 'executed'
+          AND x.finished_at > now() - make_interval(secs => %(window_s)s)
+          AND x.action IN ('lock', 'lock_and_disable_driving',
+                           'unlock', 'unlock_and_enable_driving')
+          AND (
+            (s.locked = (x.action IN ('lock', 'lock_and_disable_driving'))
+             AND s.time >= COALESCE(x.car_accepted_at, x.car_finished_at))
+            OR EXISTS (
+                SELECT 1 FROM events e
+                WHERE e.vin = x.vin
+                  AND e.time >= COALESCE(x.car_accepted_at, x.car_finished_at)
+                  AND e.type = CASE WHEN x.action IN ('lock', 'lock_and_disable_driving')
+                                    THEN 'locked' ELSE 'unlocked' END)
+          )
+        FOR UPDATE OF x SKIP LOCKED
+    )
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedCommand:
+    """The oldest queued command of a car, locked for sending."""
+
+    command_id: UUID
+    vin: str
+    action: CommandAction
+    issued_at_ms: int
+    expires_at_ms: int
+    seconds_left: float
+    nonce: str
+
+
+class DispatchOutcome(StrEnum):
+    SENT = "sent"
+    NOTHING = "nothing"  # no queued command, or the car has one in flight
+    LOCKED = "locked"  # another dispatcher is at this car right now
+    NO_SUBSCRIBER = "no_subscriber"  # the broker has no session for the car: try again later
+    REFUSED = "refused"  # the broker refused it: failed
+
+
+@dataclass(frozen=True, slots=True)
+class ResultApplied:
+    """What a car's result did."""
+
+    effect: ResultEffect | None  # None: not applicable to any command (dead-lettered)
+    dead_letter_reason: str | None = None
+    dead_letter_detail: str | None = None
+    event: CommandEvent | None = None
+
+
+Publish = Callable[[ClaimedCommand], Awaitable[tuple[int, str | None]]]
+"""Sign and publish a claimed command; return (PUBACK reason code value, key id)."""
+
+
+def _event(row: dict[str, Any]) -> CommandEvent:
+    return CommandEvent(
+        transition_id=row["transition_id"],
+        command_id=row["command_id"],
+        vin=row["vin"],
+        action=row["action"],
+        status=row["status"],
+        at=row["at"],
+        reason=row["reason"],
+        detail=row["detail"],
+        failed_preconditions=list(row["failed_preconditions"] or []),
+    )
+
+
+def _encode_cursor(created_at: datetime, command_id: UUID) -> str:
+    raw = f"{created_at.isoformat()}|{command_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, command_id = raw.split("|")
+        return datetime.fromisoformat(created_at), UUID(command_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise CommandRefusedError(
+            "the cursor is not one this API gave out: pass next_cursor unchanged",
+            status=422,
+            kind="bad-cursor",
+        ) from exc
+
+
+class CommandStore:
+    """Commands in the database, through the gateway's pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    # --- requests (API) ----------------------------------------------------------------------
+
+    async def create(
+        self,
+        request: NewCommand,
+        *,
+        ttl_s: int,
+        busy_policy: str,
+        max_queued: int,
+    ) -> tuple[CommandRecord, bool]:
+        """Queue a command, or return the one this requester made with the same idempotency
+        key (then the bool is False).
+
+        Raises:
+            CommandRefusedError: unknown car, action it cannot do, busy, or a reused key.
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            if request.idempotency_key is not None:
+                existing = await self._by_key(cur, request)
+                if existing is not None:
+                    return existing, False
+            # One creator per car at a time, so the busy check below cannot be raced.
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CREATE_LOCK, request.vin)
+            )
+            await cur.execute("SELECT capabilities FROM vehicles WHERE vin = %s", (request.vin,))
+            vehicle = await cur.fetchone()
+            _check_capable(request, vehicle)
+            await cur.execute(
+                "SELECT count(*) AS n FROM commands WHERE vin = %s AND status = ANY(%s)",
+                (request.vin, _ACTIVE),
+            )
+            active = await cur.fetchone()
+            _check_not_busy(request.vin, active["n"] if active else 0, busy_policy, max_queued)
+            await cur.execute(
+                _INSERT_COMMAND,
+                {
+                    "vin": request.vin,
+                    "action": request.action.value,
+                    "by": request.requested_by,
+                    "key": request.idempotency_key,
+                    "ttl": ttl_s,
+                    "nonce": secrets.token_hex(16),
+                },
+            )
+            row = await cur.fetchone()
+            if row is None:  # the same key, committed by a concurrent request meanwhile
+                existing = await self._by_key(cur, request)
+                assert existing is not None
+                return existing, False
+            actor = f"operator:{request.requested_by}"
+            await cur.execute(
+                _QUEUED,
+                {
+                    "id": row["command_id"],
+                    "actor": actor,
+                    "detail": Jsonb({"ttl_s": ttl_s}),
+                    "by": request.requested_by,
+                    "vin": request.vin,
+                    "action": request.action.value,
+                    "ttl": ttl_s,
+                    "key": request.idempotency_key,
+                },
+            )
+            return CommandRecord(**row), True
+
+    async def _by_key(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], request: NewCommand
+    ) -> CommandRecord | None:
+        await cur.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands c "  # noqa: S608  # constant columns
+            "WHERE c.requested_by = %s AND c.idempotency_key = %s",
+            (request.requested_by, request.idempotency_key),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        record = CommandRecord(**row)
+        if record.vin != request.vin or record.action != request.action:
+            raise CommandRefusedError(
+                f"idempotency key {request.idempotency_key!r} was used for another request "
+                f"({record.action} on {record.vin}, command {record.command_id}): "
+                "use a new key for a new command",
+                status=409,
+                kind="idempotency-key-reused",
+            )
+        return record
+
+    async def get(self, command_id: UUID, *, with_transitions: bool = True) -> CommandRecord | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_COMMAND_COLUMNS} FROM commands c WHERE c.id = %s",  # noqa: S608  # constant columns
+                (command_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            transitions: list[Transition] | None = None
+            if with_transitions:
+                await cur.execute(
+                    "SELECT id, status, at, actor, detail FROM command_transitions "
+                    "WHERE command_id = %s ORDER BY at, id",
+                    (command_id,),
+                )
+                transitions = [Transition(**t) for t in await cur.fetchall()]
+            return CommandRecord(**row, transitions=transitions)
+
+    async def list_for_vehicle(self, vin: str, *, limit: int, cursor: str | None) -> CommandPage:
+        after = _decode_cursor(cursor) if cursor else None
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            if after is None:
+                await cur.execute(
+                    f"SELECT {_COMMAND_COLUMNS} FROM commands c WHERE c.vin = %s "  # noqa: S608  # constant columns
+                    "ORDER BY c.created_at DESC, c.id DESC LIMIT %s",
+                    (vin, limit + 1),
+                )
+            else:
+                await cur.execute(
+                    f"SELECT {_COMMAND_COLUMNS} FROM commands c WHERE c.vin = %s "  # noqa: S608  # constant columns
+                    "AND (c.created_at, c.id) < (%s, %s) "
+                    "ORDER BY c.created_at DESC, c.id DESC LIMIT %s",
+                    (vin, after[0], after[1], limit + 1),
+                )
+            rows = await cur.fetchall()
+        items = [CommandRecord(**row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = _encode_cursor(last.created_at, last.command_id)
+        return CommandPage(items=items, next_cursor=next_cursor)
+
+    async def vehicle_exists(self, vin: str) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM vehicles WHERE vin = %s", (vin,))
+            return await cur.fetchone() is not None
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    async def dispatchable(self, limit: int) -> list[str]:
+        """Cars with a queued command and none in flight, oldest waiting first."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT q.vin FROM commands q
+                WHERE q.status = 'queued'
+                  AND NOT EXISTS (SELECT 1 FROM commands f
+                                  WHERE f.vin = q.vin AND f.status = ANY(%s))
+                GROUP BY q.vin ORDER BY min(q.created_at) LIMIT %s
+                """,
+                (_IN_FLIGHT, limit),
+            )
+            return [row[0] for row in await cur.fetchall()]
+
+    async def dispatch(
+        self, vin: str, publish: Publish
+    ) -> tuple[DispatchOutcome, list[CommandEvent]]:
+        """Send the car's oldest queued command, if it has none in flight.
+
+        In one transaction: take the car's dispatch lock, expire queued commands whose deadline
+        passed (never sending them), publish the oldest live one and record `sent` once the
+        broker acknowledged it. If publishing fails the transaction rolls back and the command
+        stays queued.
+        """
+        events: list[CommandEvent] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS ok", (_DISPATCH_LOCK, vin)
+            )
+            locked = await cur.fetchone()
+            if not locked or not locked["ok"]:
+                return DispatchOutcome.LOCKED, events
+            await cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM commands WHERE vin = %s AND status = ANY(%s)) "
+                "AS busy",
+                (vin, _IN_FLIGHT),
+            )
+            busy = await cur.fetchone()
+            if busy and busy["busy"]:
+                return DispatchOutcome.NOTHING, events
+            while True:
+                await cur.execute(
+                    """
+                    SELECT id, action,
+                           (extract(epoch FROM issued_at) * 1000)::bigint AS issued_ms,
+                           (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
+                           extract(epoch FROM expires_at - clock_timestamp())::float8 AS left_s,
+                           nonce
+                    FROM commands WHERE vin = %s AND status = 'queued'
+                    ORDER BY created_at, id LIMIT 1 FOR UPDATE
+                    """,
+                    (vin,),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    return DispatchOutcome.NOTHING, events
+                claimed = ClaimedCommand(
+                    command_id=row["id"],
+                    vin=vin,
+                    action=CommandAction(row["action"]),
+                    issued_at_ms=row["issued_ms"],
+                    expires_at_ms=row["expires_ms"],
+                    seconds_left=row["left_s"],
+                    nonce=row["nonce"],
+                )
+                # Message expiry is whole seconds, rounded down: the broker never holds a command
+                # past its deadline. Under a second left: not worth sending, and never late.
+                if claimed.seconds_left < 1:
+                    events += await self._move_one(
+                        cur,
+                        Status.EXPIRED,
+                        claimed.command_id,
+                        sources=[Status.QUEUED],
+                        reason=GatewayReason.DEADLINE_PASSED,
+                        detail="its deadline passed before it could be sent to the car",
+                    )
+                    continue
+                reason_code, key_id = await publish(claimed)
+                if reason_code < 0x80 and reason_code != 0x10:
+                    events += await self._move_one(
+                        cur, Status.SENT, claimed.command_id, key_id=key_id
+                    )
+                    return DispatchOutcome.SENT, events
+                if reason_code == 0x10:  # no matching subscribers: the car has no session
+                    await cur.execute(
+                        "UPDATE commands SET attempts = attempts + 1 WHERE id = %s",
+                        (claimed.command_id,),
+                    )
+                    return DispatchOutcome.NO_SUBSCRIBER, events
+                events += await self._move_one(
+                    cur,
+                    Status.FAILED,
+                    claimed.command_id,
+                    sources=[Status.QUEUED],
+                    reason=GatewayReason.BROKER_REFUSED,
+                    detail=f"the broker refused the command (reason code 0x{reason_code:02x}): "
+                    "check that the gateway's account may write tgw/v1/vehicles/+/commands",
+                )
+                return DispatchOutcome.REFUSED, events
+
+    async def _move_one(
+        self,
+        cur: psycopg.AsyncCursor[dict[str, Any]],
+        to: Status,
+        command_id: UUID,
+        *,
+        sources: list[Status] | None = None,
+        actor: str = GATEWAY_ACTOR,
+        key_id: str | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+        car_at: datetime | None = None,
+        preconditions: list[str] | None = None,
+        state: dict[str, Any] | None = None,
+        transition_detail: dict[str, Any] | None = None,
+    ) -> list[CommandEvent]:
+        await cur.execute(
+            _MOVE_ONE[to],
+            {
+                "to": to.value,
+                "id": command_id,
+                "from": [s.value for s in sources or []],
+                "actor": actor,
+                "key_id": key_id,
+                "reason": reason,
+                "detail": detail,
+                "car_at": car_at,
+                "preconditions": preconditions or [],
+                "state": Jsonb(state) if state is not None else None,
+                "transition_detail": Jsonb(transition_detail) if transition_detail else None,
+            },
+        )
+        return [_event(row) for row in await cur.fetchall()]
+
+    # --- results from cars -------------------------------------------------------------------
+
+    async def apply_result(self, result: CommandResultMessage) -> ResultApplied:
+        """Apply one validated result; unknown commands and foreign VINs are not applied."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT vin, status FROM commands WHERE id = %s FOR UPDATE", (result.command_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return ResultApplied(
+                    None,
+                    "unknown_command",
+                    f"no command {result.command_id} was ever sent: result not applied",
+                )
+            if row["vin"] != result.vin:
+                return ResultApplied(
+                    None,
+                    "vin_mismatch",
+                    f"command {result.command_id} is for {row['vin']}, "
+                    f"but {result.vin} answered it: result not applied",
+                )
+            effect = effect_of_result(Status(row["status"]), result.outcome)
+            if effect is ResultEffect.APPLY:
+                events = await self._apply(cur, result)
+                return ResultApplied(effect, event=events[0] if events else None)
+            if effect in (ResultEffect.LATE, ResultEffect.CONFLICT):
+                await cur.execute(
+                    """
+                    WITH late AS (
+                        UPDATE commands SET late_outcome = %(outcome)s, late_outcome_at = now()
+                        WHERE id = %(id)s RETURNING requested_by, vin, status
+                    )
+                    INSERT INTO audit_log (actor, action, target, detail)
+                    SELECT requested_by, 'command.late_result', vin, jsonb_build_object(
+                        'command_id', %(id)s::uuid, 'status', status, 'outcome', %(outcome)s::text,
+                        'reason', %(reason)s::text, 'effect', %(effect)s::text)
+                    FROM late
+                    """,
+                    {
+                        "id": result.command_id,
+                        "outcome": result.outcome.value,
+                        "reason": result.reason.value if result.reason else None,
+                        "effect": effect.value,
+                    },
+                )
+            return ResultApplied(effect)
+
+    async def _apply(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], result: CommandResultMessage
+    ) -> list[CommandEvent]:
+        to = target_status(result.outcome)
+        car_at = ms_to_datetime(result.ts)
+        state = result.state.present() if result.state is not None else None
+        return await self._move_one(
+            cur,
+            to,
+            result.command_id,
+            sources=sorted(allowed_sources(result.outcome)),
+            actor=f"car:{result.vin}",
+            reason=result.reason.value if result.reason else None,
+            detail=result.detail,
+            car_at=car_at,
+            preconditions=[p.value for p in result.failed_preconditions],
+            state=dict(state) if state else None,
+            transition_detail={"car_ts": result.ts}
+            | ({"reason": result.reason.value} if result.reason else {}),
+        )
+
+    async def dead_letter(
+        self,
+        *,
+        received_at: datetime,
+        topic: str,
+        vin: str | None,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        max_payload_bytes: int,
+    ) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO dead_letters "
+                "(received_at, topic, vin, reason, detail, payload, payload_size) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    received_at,
+                    topic,
+                    vin,
+                    reason,
+                    detail.replace("\x00", "\\x00"),
+                    payload[:max_payload_bytes],
+                    len(payload),
+                ),
+            )
+
+    # --- sweeping ------------------------------------------------------------------------------
+
+    async def sweep(
+        self, *, grace_s: float, answer_timeout_s: float, verify_window_s: float
+    ) -> list[CommandEvent]:
+        """Resolve overdue commands (expired, timed out) and verify executed ones."""
+        events: list[CommandEvent] = []
+        params = {
+            "actor": GATEWAY_ACTOR,
+            "transition_detail": None,
+            "grace_s": grace_s,
+            "timeout_s": answer_timeout_s,
+            "window_s": verify_window_s,
+        }
+        statements = (
+            (_EXPIRE_QUEUED, Status.EXPIRED),
+            (_EXPIRE_SENT, Status.EXPIRED),
+            (_TIME_OUT, Status.TIMED_OUT),
+            (_VERIFY, Status.VERIFIED),
+        )
+        async with self._pool.connection() as conn:
+            for statement, to in statements:
+                async with conn.transaction():
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(statement, {**params, "to": to.value})
+                    events += [_event(row) for row in await cur.fetchall()]
+        return events
+
+
+def _check_capable(request: NewCommand, vehicle: dict[str, Any] | None) -> None:
+    if vehicle is None:
+        raise CommandRefusedError(
+            f"vehicle {request.vin} is unknown: it has never connected and is not registered",
+            status=404,
+            kind="unknown-vehicle",
+        )
+    capabilities = list(vehicle["capabilities"] or [])
+    if not capabilities:
+        raise CommandRefusedError(
+            f"vehicle {request.vin} has not reported what it can do (no birth message with "
+            "capabilities yet): wait until it has connected once",
+            status=409,
+            kind="capabilities-unknown",
+        )
+    if request.action.value not in capabilities:
+        raise CommandRefusedError(
+            f"vehicle {request.vin} cannot do {request.action.value}; "
+            f"it reports: {', '.join(sorted(capabilities))}",
+            status=409,
+            kind="unsupported-action",
+        )
+
+
+def _check_not_busy(vin: str, active: int, busy_policy: str, max_queued: int) -> None:
+    if busy_policy == "refuse" and active > 0:
+        raise CommandRefusedError(
+            f"vehicle {vin} is busy with another command: try again when it has finished",
+            status=409,
+            kind="vehicle-busy",
+        )
+    if active >= max_queued:
+        raise CommandRefusedError(
+            f"vehicle {vin} already has {active} commands waiting or in flight "
+            f"(limit {max_queued}): wait for them to finish",
+            status=409,
+            kind="vehicle-busy",
+        )
