@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from gateway.cli import db, dev, gateway_cmd, schemas_cmd
+from gateway.cli import commands_cmd, db, dev, gateway_cmd, keys_cmd, schemas_cmd, token_cmd
 from gateway.errors import GatewayError
 
 __all__ = ["app", "main"]
@@ -27,6 +27,9 @@ app.add_typer(gateway_cmd.app, name="gateway", help="Run the gateway; check its 
 app.add_typer(db.app, name="db", help="Database: migrations and storage mode.")
 app.add_typer(dev.app, name="dev", help="Private broker and database for the demo and development.")
 app.add_typer(schemas_cmd.app, name="schemas", help="Protocol v1 contract: JSON Schema export.")
+app.add_typer(token_cmd.app, name="token", help="API tokens with a role: create, list, revoke.")
+app.add_typer(keys_cmd.app, name="keys", help="Command-signing keys (Ed25519).")
+commands_cmd.register(app)  # tgw lock VIN, tgw unlock VIN, ... and tgw commands show ID
 
 
 def _mount_plugins() -> None:
