@@ -63,7 +63,7 @@ class BodyBehaviour:
 
     Args:
         answers: False makes it ignore requests (the unit then reports a CAN timeout).
-        delay_s: time between a request and the status frame that confirms it.
+        delay_s: time the actuators take: the state changes (and is reported) this much later.
     """
 
     answers: bool = True
@@ -95,7 +95,12 @@ class SimulatedEcus:
         self.body = body or BodyBehaviour()
         self._bus = bus
         self._encoder = encoder or FrameEncoder(profile)
-        self._last_sent: dict[int, bytes] = {}
+        # Per message: the wire signals it carries; and what it last carried.
+        self._inputs = [
+            (message, tuple(m.wire for m in profile.mappings if m.message is message))
+            for message in self._encoder.messages
+        ]
+        self._last_inputs: dict[int, tuple[object, ...]] = {}
         self.requests_seen = 0
         locking, immobilizer = profile.central_locking, profile.immobilizer
         self._request_ids: set[int] = set()
@@ -122,17 +127,24 @@ class SimulatedEcus:
         """Send every frame (one period of every periodic message)."""
         for frame in self.frames():
             self._bus.send(frame)
-            self._last_sent[frame.arbitration_id] = bytes(frame.data)
+        self._last_inputs.clear()
 
     def send_changed(self) -> int:
-        """Send the frames whose payload changed since they were last sent; return how many."""
+        """Send the frames whose content changed since they were last sent; return how many.
+
+        Only messages whose input values changed are encoded again (fleets call this every
+        second for thousands of cars).
+        """
+        values = self.state.wire_values()
+        immobilized = self.state.immobilized
         sent = 0
-        for frame in self.frames():
-            data = bytes(frame.data)
-            if self._last_sent.get(frame.arbitration_id) != data:
-                self._bus.send(frame)
-                self._last_sent[frame.arbitration_id] = data
-                sent += 1
+        for message, wires in self._inputs:
+            inputs = (immobilized, *[values.get(wire) for wire in wires])
+            if self._last_inputs.get(message.frame_id) == inputs:
+                continue
+            self._last_inputs[message.frame_id] = inputs
+            self._bus.send(self._encoder.encode(message, values, immobilized=immobilized))
+            sent += 1
         return sent
 
     async def run_periodic(self, *, period_scale: float = 1.0) -> None:
@@ -150,7 +162,6 @@ class SimulatedEcus:
                         message, values, immobilized=self.state.immobilized
                     )
                     self._bus.send(frame)
-                    self._last_sent[frame.arbitration_id] = bytes(frame.data)
                     due[index] = max(due[index] + periods[index], now)
             await asyncio.sleep(max(0.0, min(due) - loop.time()))
 
@@ -162,12 +173,14 @@ class SimulatedEcus:
         self.requests_seen += 1
         if not self.body.answers:
             return
-        changed = self._apply_request(frame)
-        if not changed:
-            return
         if self.body.delay_s > 0:
-            asyncio.get_running_loop().call_later(self.body.delay_s, self.send_changed)
+            # The actuators take their time: the state changes (and is reported) later.
+            asyncio.get_running_loop().call_later(self.body.delay_s, self._actuate, frame)
         else:
+            self._actuate(frame)
+
+    def _actuate(self, frame: can.Message) -> None:
+        if self._apply_request(frame):
             self.send_changed()
 
     def _apply_request(self, frame: can.Message) -> bool:
@@ -189,7 +202,7 @@ class SimulatedEcus:
                 self.state.immobilized, applied = False, True
         # An obeyed request is answered even when nothing changed: the status frame confirms.
         if applied:
-            self._last_sent.clear()
+            self._last_inputs.clear()
         return applied
 
 
