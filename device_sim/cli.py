@@ -210,12 +210,12 @@ def _fleet(
                 "connect_rate_per_s": connect_rate,
             },
         )
-        _start_logging(settings, log_level or "WARNING")
         credentials_file = settings.fleet.credentials_file
         if credentials_file is None:
             raise DeviceConfigurationError(
                 "a fleet needs --credentials FILE (write one with `tgw sim credentials`)"
             )
+        _start_logging(settings, log_level or "WARNING")
         fleet = Fleet(
             settings,
             read_credentials(credentials_file),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import resource
 import time
@@ -185,6 +186,11 @@ class Fleet:
                 csv_ledger = await stack.enter_async_context(CsvLedger(settings.fleet.ledger_file))
                 ledger = csv_ledger
             self.cars = self._build(store, ledger)
+            # Tens of thousands of long-lived objects (cars, clients, profiles): keep the
+            # cyclic GC from walking them again and again (full collections stall the loop).
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
             connect_s: list[float] = []
             async with asyncio.TaskGroup() as tasks:
                 runs = [

@@ -23,7 +23,9 @@ from device_sim.tracker import SignalTracker
 from schemas.telemetry import TelemetryMessage, TelemetrySample
 from schemas.topics import TopicKind
 
-__all__ = ["ReplayedMessage", "replay_log"]
+__all__ = ["ReplayedMessage", "open_log", "replay_log"]
+
+_SETTLE_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,9 @@ def replay_log(
     with open_log(path) as reader:
         for frame in reader:
             now_ms = int(frame.timestamp * 1000)
+            if next_sample_ms is None:
+                # The first sample waits a second of log time: every ECU has spoken by then.
+                next_sample_ms = now_ms + _SETTLE_MS
             decoded = decoder.decode(frame)
             if decoded is not None:
                 for draft in tracker.apply(decoded, now_ms):
@@ -77,8 +82,7 @@ def replay_log(
                     yield ReplayedMessage(
                         TopicKind.EVENTS, event.model_dump_json(exclude_none=True)
                     )
-            due = next_sample_ms is None or now_ms >= next_sample_ms or tracker.state_changed
-            if not due or (decoded is None and next_sample_ms is None):
+            if now_ms < next_sample_ms and not (tracker.state_changed and seq > 0):
                 continue
             signals = tracker.snapshot()
             if signals is None:

@@ -343,7 +343,8 @@ class TelematicsUnit:
             timeout = max(0.0, last + wanted - loop.time())
             if timeout > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._state_wakeup.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._state_wakeup.wait()
                 self._state_wakeup.clear()
                 continue
             if self.emit_sample():

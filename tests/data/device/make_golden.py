@@ -342,6 +342,53 @@ def main() -> None:
         path = HERE / f"{profile_name}.json"
         path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {path}")
+    log = HERE.parent / "logs" / "vw_mqb_trip.log"
+    log.parent.mkdir(exist_ok=True)
+    write_trip_log(log)
+    print(f"wrote {log}")
+
+
+def write_trip_log(path: Path) -> None:
+    """A candump log of a VW MQB rental: unlock, door, ignition, drive, stop (for replay tests)."""
+    import can  # noqa: PLC0415
+
+    from device_sim.codec import FrameEncoder  # noqa: PLC0415
+    from device_sim.ecu import VehicleState  # noqa: PLC0415
+
+    profile = load_profile("vw_mqb")
+    encoder = FrameEncoder(profile)
+    state = VehicleState(fuel=41.0, odometer=52_310.0)
+    start = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    script: dict[int, dict[str, object]] = {
+        20: {"locked": False},
+        30: {"door_fl_open": True},
+        50: {"door_fl_open": False},
+        60: {"ignition": True, "batt_v": 14.1},
+    }
+    with can.CanutilsLogWriter(path, channel="can0") as writer:
+        for tick in range(200):  # 100 ms ticks: 20 s
+            for name, value in script.get(tick, {}).items():
+                setattr(state, name, value)
+            if tick >= 70:
+                state.speed = min(40.0, (tick - 70) * 1.0)
+                state.lat += 0.00001
+                state.heading = 0.0
+            for message in encoder.messages:
+                period = profile.period_ms(message) // 100 or 1
+                if tick % period == 0:
+                    frame = encoder.encode(message, state.wire_values(), immobilized=False)
+                    frame.timestamp = start + tick / 10
+                    frame.channel = "can0"
+                    writer.on_message_received(frame)
+            if tick % 10 == 5:  # a frame the profile does not read (steering angle)
+                writer.on_message_received(
+                    can.Message(
+                        timestamp=start + tick / 10,
+                        arbitration_id=0x86,
+                        data=bytes(8),
+                        channel="can0",
+                    )
+                )
 
 
 if __name__ == "__main__":
