@@ -325,7 +325,11 @@ async def wait_status(
     deadline = time.monotonic() + timeout_s
     record: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        response = await client.get(f"/v1/commands/{command_id}")
+        try:
+            response = await client.get(f"/v1/commands/{command_id}")
+        except httpx.ConnectError:  # the gateway's HTTP server is still starting
+            await asyncio.sleep(0.05)
+            continue
         assert response.status_code == 200, response.text
         record = response.json()
         if record["status"] in statuses:

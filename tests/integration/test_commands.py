@@ -14,12 +14,14 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.auth import Role
 from gateway.commands.signing import KeyPairFiles, load_public_key
+from gateway.config import Settings
 from gateway.devstack import CarCredentialsFactory, MosquittoBroker
 from gateway.devstack.testclient import MqttTestClient
 from schemas import TopicKind, vehicle_topic
@@ -459,3 +461,147 @@ async def test_api_roles_and_tokens(
 
 def make_public(keys: KeyPairFiles) -> Ed25519PublicKey:
     return load_public_key(keys.public_path)
+
+
+async def test_gateway_restart_mid_command_still_ends_in_one_final_state(
+    mqtt_broker: MosquittoBroker,
+    migrated_database: str,
+    car_credentials: CarCredentialsFactory,
+    keys: KeyPairFiles,
+) -> None:
+    # Same settings (same broker account and session) for both runs of the gateway.
+    settings = command_gateway_settings(mqtt_broker, migrated_database, keys, answer_timeout_s=2.0)
+    token = await make_token(migrated_database, "jack", Role.OPERATOR)
+    async with responding_car(car_credentials(), keys, accepts_only()) as car:
+        async with running_gateway(settings), api(settings, token) as client:
+            await asyncio.to_thread(car.birth)
+            await wait_registered(migrated_database, car.vin)
+            url = f"/v1/vehicles/{car.vin}/commands"
+            finishing = (await client.post(url, json={"action": "unlock"})).json()["command_id"]
+            await wait_status(client, finishing, {"accepted"})
+            # A live stream is open when the gateway stops: it must not hold the shutdown up.
+            stream = asyncio.create_task(_collect_stream(settings, token, finishing))
+            await asyncio.sleep(0.2)
+        # The gateway is down. The car finishes the first command meanwhile (its result waits
+        # in the gateway's broker session).
+        await asyncio.to_thread(car.result, finishing, Reply("executed"))
+        async with running_gateway(settings), api(settings, token) as client:
+            record = await wait_status(client, finishing, {"executed", "verified"})
+            abandoned = (await client.post(url, json={"action": "lock"})).json()["command_id"]
+            await wait_status(client, abandoned, {"accepted"})
+        # Down again, longer than the answer time-out; the car never answers this one.
+        await asyncio.sleep(2.5)
+        async with running_gateway(settings), api(settings, token) as client:
+            # The sweeper resolves it from the database at start-up.
+            other = await wait_status(client, abandoned, {"timed_out"}, timeout_s=10)
+    assert stream.done()
+    assert [t["status"] for t in record["transitions"]] == [
+        "queued",
+        "sent",
+        "accepted",
+        "executed",
+    ]
+    assert [t["status"] for t in other["transitions"]] == [
+        "queued",
+        "sent",
+        "accepted",
+        "timed_out",
+    ]
+    finals = await fetch(
+        migrated_database,
+        "SELECT command_id, count(*) FROM command_transitions "
+        "WHERE status IN ('rejected', 'executed', 'failed', 'expired', 'timed_out') "
+        "GROUP BY command_id",
+    )
+    assert sorted(count for _, count in finals) == [1, 1]
+
+
+async def _collect_stream(settings: Settings, token: str, command_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with (
+        api(settings, token) as client,
+        client.stream("GET", f"/v1/commands/{command_id}/events") as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:") and kind == "transition":
+                events.append(json.loads(line[5:]))
+    return events
+
+
+async def test_live_stream_shows_each_state_change_until_the_end(
+    mqtt_broker: MosquittoBroker,
+    migrated_database: str,
+    car_credentials: CarCredentialsFactory,
+    keys: KeyPairFiles,
+) -> None:
+    settings = command_gateway_settings(mqtt_broker, migrated_database, keys)
+    token = await make_token(migrated_database, "kim", Role.VIEWER)
+    operator = await make_token(migrated_database, "lou", Role.OPERATOR)
+    slow = lambda _: [Reply("accepted", delay_s=0.3), Reply("executed", delay_s=0.6)]  # noqa: E731
+    async with (
+        running_gateway(settings),
+        responding_car(car_credentials(), keys, slow) as car,
+        api(settings, operator) as client,
+    ):
+        await asyncio.to_thread(car.birth)
+        await wait_registered(migrated_database, car.vin)
+        response = await client.post(
+            f"/v1/vehicles/{car.vin}/commands", json={"action": "request_state"}
+        )
+        command_id = response.json()["command_id"]
+        events = await asyncio.wait_for(_collect_stream(settings, token, command_id), 15)
+        # Asked again after the end: the history, then the stream ends at once.
+        replay = await asyncio.wait_for(_collect_stream(settings, token, command_id), 5)
+        async with api(settings, token) as viewer:
+            missing = await viewer.get(f"/v1/commands/{uuid.uuid4()}/events")
+    assert [e["status"] for e in events] == ["queued", "sent", "accepted", "executed"]
+    assert replay == events
+    assert all(e["command_id"] == command_id for e in events)
+    assert missing.status_code == 404
+
+
+async def test_two_gateway_instances_send_each_command_exactly_once(
+    mqtt_broker: MosquittoBroker,
+    migrated_database: str,
+    car_credentials: CarCredentialsFactory,
+    keys: KeyPairFiles,
+) -> None:
+    first = command_gateway_settings(mqtt_broker, migrated_database, keys)
+    second = command_gateway_settings(mqtt_broker, migrated_database, keys)
+    # One share group: the two instances split the cars' results between them.
+    group = first.mqtt.share_group
+    second = second.model_copy(
+        update={"mqtt": second.mqtt.model_copy(update={"share_group": group})}
+    )
+    token = await make_token(migrated_database, "max", Role.OPERATOR)
+    async with (
+        running_gateway(first),
+        running_gateway(second),
+        responding_car(car_credentials(), keys) as car_a,
+        responding_car(car_credentials(), keys) as car_b,
+        api(first, token) as client_1,
+        api(second, token) as client_2,
+    ):
+        for car in (car_a, car_b):
+            await asyncio.to_thread(car.birth)
+            await wait_registered(migrated_database, car.vin)
+        ids = []
+        for index in range(6):
+            client = (client_1, client_2)[index % 2]
+            car = (car_a, car_b)[index // 3]
+            action = ("lock", "unlock")[index % 2]
+            response = await client.post(
+                f"/v1/vehicles/{car.vin}/commands", json={"action": action}
+            )
+            assert response.status_code == 202
+            ids.append(response.json()["command_id"])
+        records = [await wait_status(client_1, i, {"executed", "verified"}) for i in ids]
+    received = [str(r.command.command_id) for c in (car_a, car_b) for r in c.received if r.command]
+    assert sorted(received) == sorted(ids)  # each exactly once
+    for record in records:
+        assert [t["status"] for t in record["transitions"]][:2] == ["queued", "sent"]
