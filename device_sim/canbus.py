@@ -8,7 +8,8 @@ Two adapters implement it:
   the same channel are back to back: what one sends, the other receives.
 * `LocalCanNetwork`: one car's bus inside the process, without threads. A fleet of
   thousands of cars cannot afford python-can's reader thread per virtual bus, so each
-  simulated car gets a local network whose ports deliver frames on the event loop.
+  simulated car gets a local network whose ports hand each frame to the other nodes'
+  listeners at once (listeners must not block; they run on the event loop's thread).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class PythonCanBus:
 
 
 class LocalCanNetwork:
-    """One car's CAN bus inside the process: ports deliver frames on the event loop."""
+    """One car's CAN bus inside the process: a frame sent on one port reaches the others at once."""
 
     def __init__(self) -> None:
         self._ports: list[LocalBusPort] = []
@@ -149,12 +150,12 @@ class LocalCanNetwork:
         return port
 
     def deliver(self, sender: LocalBusPort, frame: can.Message) -> None:
-        loop = asyncio.get_running_loop()
+        # Synchronous, unlike a real bus: a reply (the body controller's status frame) may
+        # arrive while the sender is still in send(); the unit and the ECU models allow that.
         for port in self._ports:
             if port is not sender:
                 for listener in port.listeners:
-                    # Delivered on the next loop turn, as a real bus would: never re-entrant.
-                    loop.call_soon(listener, frame)
+                    listener(frame)
 
 
 class LocalBusPort:

@@ -245,7 +245,8 @@ def _fleet(
 def _print_progress(progress: FleetProgress) -> None:
     typer.echo(
         f"[{progress.elapsed_s:7.1f} s] connected {progress.connected}/{progress.cars}  "
-        f"messages {progress.messages} ({progress.msgs_per_s}/s)  queued {progress.queued}",
+        f"messages {progress.messages} ({progress.msgs_per_s}/s)  queued {progress.queued}  "
+        f"cpu {progress.cpu_pct}%",
         err=True,
     )
 

@@ -75,6 +75,7 @@ class FleetProgress:
     messages: int
     msgs_per_s: float
     queued: int
+    cpu_pct: float  # this process, over the last interval
 
 
 @dataclass(slots=True)
@@ -307,9 +308,11 @@ class Fleet:
     async def _progress_loop(self, started: float) -> None:
         previous = 0
         last = time.monotonic()
+        last_cpu = time.process_time()
         while True:
             await asyncio.sleep(self._progress_interval_s)
             now = time.monotonic()
+            cpu = time.process_time()
             messages = sum(car.unit.counters.messages_published for car in self.cars)
             progress = FleetProgress(
                 elapsed_s=round(now - started, 1),
@@ -318,8 +321,9 @@ class Fleet:
                 messages=messages,
                 msgs_per_s=round((messages - previous) / (now - last), 1),
                 queued=sum(car.unit.queued for car in self.cars),
+                cpu_pct=round(100 * (cpu - last_cpu) / (now - last), 1),
             )
-            previous, last = messages, now
+            previous, last, last_cpu = messages, now, cpu
             if self._on_progress is not None:
                 self._on_progress(progress)
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import random
-import socket
 import time
 import uuid
 from collections import deque
@@ -33,7 +33,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiomqtt
 import can
 import structlog
 from paho.mqtt.packettypes import PacketTypes
@@ -53,6 +52,7 @@ from device_sim.commands import (
 )
 from device_sim.errors import BrokerError, OutboxError
 from device_sim.ledger import Ledger, NullLedger
+from device_sim.mqtt import InboundMessage, MqttLink, Will, new_properties
 from device_sim.outbox import OutboxKind, OutboxRecord, VehicleOutbox
 from device_sim.profiles import SignalProfile
 from device_sim.settings import MqttSettings, UnitSettings
@@ -128,6 +128,7 @@ class UnitCounters:
     commands_executed: int = 0
     commands_failed: int = 0
     commands_unanswerable: int = 0
+    publish_refused: int = 0  # the broker answered PUBACK with an error (e.g. not authorised)
     duplicates_sent: int = 0
     malformed_sent: int = 0
     corrupt_rows: int = 0
@@ -210,17 +211,19 @@ class TelematicsUnit:
         )
         self._seq = itertools.count()
         self._topics = {kind: vehicle_topic(vin, kind) for kind in TopicKind}
-        self._live: deque[_Live] = deque()
-        self._live_ready = asyncio.Event()
+        self._command_topic = command_topic(vin)
+        self._waiting: deque[_Live] = deque()  # live rows waiting for an in-flight slot
         self._session_open = False
         self._state_wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._offline_until = 0.0
         self._busy = False
-        self._inflight = 0  # publishes awaiting their PUBACK
-        self._quiet = asyncio.Event()  # set when a publish finishes with nothing else pending
+        self._inflight = 0  # live messages awaiting their PUBACK
+        self._backlog_inflight = 0
+        self._backlog_slot = asyncio.Event()
+        self._quiet = asyncio.Event()  # set when the last message in flight is acknowledged
         self._tasks: asyncio.TaskGroup | None = None
-        self._client: aiomqtt.Client | None = None
+        self._link: MqttLink | None = None
         self._log = _log.bind(vin=vin)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -245,16 +248,10 @@ class TelematicsUnit:
     def drop_connection(self, *, offline_s: float = 0.0) -> None:
         """Fault injection: lose the connection abruptly (the broker publishes the last will),
         and stay offline for `offline_s` seconds (a dead zone, e.g. an underground car park)."""
-        self._offline_until = max(
-            self._offline_until, asyncio.get_running_loop().time() + offline_s
-        )
-        client = self._client
-        # aiomqtt has no abrupt close; shutting the socket down is what a dead zone does to it.
-        paho = getattr(client, "_client", None)
-        sock = paho.socket() if paho is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        until = asyncio.get_running_loop().time() + offline_s
+        self._offline_until = max(self._offline_until, until)
+        if self._link is not None:
+            self._link.abort()
 
     # -- CAN side -----------------------------------------------------------------------------
 
@@ -328,9 +325,13 @@ class TelematicsUnit:
             topic=topic,
             correlation=correlation,
         )
-        if self._session_open:
-            self._live.append(_Live(record, model))
-            self._live_ready.set()
+        if not self._session_open:
+            return  # queued on disk; the next session's backlog drain sends it
+        item = _Live(record, model)
+        if self._waiting or self._inflight >= self._mqtt.max_inflight:
+            self._waiting.append(item)
+        else:
+            self._send([item])
 
     async def _sampling_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -395,84 +396,70 @@ class TelematicsUnit:
         )
         return status.model_dump_json(exclude_none=True)
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_link(self) -> MqttLink:
         mqtt = self._mqtt
-        connect_properties = _properties(PacketTypes.CONNECT)
-        connect_properties.SessionExpiryInterval = mqtt.session_expiry_s
-        will = aiomqtt.Will(
-            topic=self._topics[TopicKind.STATUS],
-            payload=self._status(False, StatusReason.CONNECTION_LOST, self._clock.now_ms()),
-            qos=1,
-            retain=True,
-        )
-        tls_params = (
-            aiomqtt.TLSParameters(ca_certs=str(mqtt.tls_ca_file)) if mqtt.tls_ca_file else None
-        )
-        return aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
+        return MqttLink(
+            host=mqtt.host,
+            port=mqtt.port,
+            client_id=self.vin,
             username=self.vin,
             password=self._password,
-            identifier=self.vin,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            will=will,
-            clean_start=False,  # keep the session: commands queued while away still arrive
-            properties=connect_properties,
-            keepalive=mqtt.keepalive_s,
-            timeout=mqtt.timeout_s,
-            max_inflight_messages=mqtt.max_inflight,
-            tls_params=tls_params,
+            on_message=self._on_inbound,
+            will=Will(
+                self._topics[TopicKind.STATUS],
+                self._status(False, StatusReason.CONNECTION_LOST, self._clock.now_ms()),
+            ),
+            keepalive_s=mqtt.keepalive_s,
+            # Keep the session: commands queued while away still arrive (until they expire).
+            session_expiry_s=mqtt.session_expiry_s,
+            clean_start=False,
+            timeout_s=mqtt.timeout_s,
+            max_inflight=mqtt.max_inflight,
+            tls_ca_file=mqtt.tls_ca_file,
         )
 
     async def _run_session(self) -> None:
-        client = self._new_client()
+        link = self._new_link()
         try:
-            async with client:
-                self._client = client
-                await self._session(client)
-        except aiomqtt.MqttError as exc:
-            raise BrokerError(f"{self._mqtt.host}:{self._mqtt.port}: {exc}") from exc
-        except BaseExceptionGroup as group:
-            mqtt_errors, rest = group.split(aiomqtt.MqttError)
-            if rest is not None:
-                raise rest from None
-            assert mqtt_errors is not None
-            first = mqtt_errors.exceptions[0]
-            raise BrokerError(f"{self._mqtt.host}:{self._mqtt.port}: {first}") from group
+            async with link:
+                self._link = link
+                await self._session(link)
         finally:
-            self._client = None
+            self._link = None
             self._session_open = False
-            self._live.clear()
+            self._waiting.clear()
+            self._inflight = self._backlog_inflight = 0
             self.connected.clear()
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, link: MqttLink) -> None:
         outbox = self._outbox
         # Rows up to here are backlog; rows appended from now on are live (no await between).
         live_from = outbox.last_id() + 1
         self._session_open = True
-        self._live.clear()
-        await client.publish(
+        self._waiting.clear()
+        self._inflight = self._backlog_inflight = 0
+        await link.publish_and_wait(
             self._topics[TopicKind.STATUS],
             self._status(True, StatusReason.CONNECTED, self._clock.now_ms()),
-            qos=1,
             retain=True,
         )
-        await client.subscribe(command_topic(self.vin), qos=1)
+        await link.subscribe(command_topic(self.vin), qos=1)
         self.counters.sessions += 1
         self._report_overflow()
         self._log.info("connected", backlog=outbox.size, session=self.counters.sessions)
         self.connected.set()
-        inflight = asyncio.Semaphore(self._mqtt.max_inflight)
+        drain = asyncio.create_task(self._drain_backlog(live_from), name=f"backlog:{self.vin}")
+        stop = asyncio.create_task(self._stopping.wait(), name=f"stop:{self.vin}")
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._receive(client), name=f"receive:{self.vin}")
-                tasks.create_task(self._send_live(client, tasks, inflight), name=f"live:{self.vin}")
-                tasks.create_task(
-                    self._drain_backlog(client, tasks, live_from), name=f"backlog:{self.vin}"
-                )
-                tasks.create_task(self._until_stopped(client, inflight), name=f"stop:{self.vin}")
-        except* _Stopped:
-            pass  # an orderly stop: the offline status is out, now disconnect
+            await asyncio.wait((link.closed, stop), return_when=asyncio.FIRST_COMPLETED)
+            if link.closed.done():
+                error = link.closed.exception()
+                raise BrokerError(str(error) if error else "the broker closed the connection")
+            await self._goodbye(link)
+        finally:
+            for task in (drain, stop):
+                task.cancel()
+            await asyncio.gather(drain, stop, return_exceptions=True)
 
     def _report_overflow(self) -> None:
         report = self._outbox.take_overflow_report()
@@ -494,63 +481,45 @@ class TelematicsUnit:
         self.counters.events += 1
         self._log.warning("backlog_overflow_reported", dropped=report.dropped)
 
-    async def _until_stopped(self, client: aiomqtt.Client, inflight: asyncio.Semaphore) -> None:
-        await self._stopping.wait()
+    async def _goodbye(self, link: MqttLink) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _GOODBYE_S
-        # Give live rows and in-flight publishes a moment; what is left stays queued on disk.
-        while self._live or self._inflight:
+        # Give what is in flight a moment; whatever is left stays queued on disk.
+        while self._waiting or self._inflight or self._backlog_inflight:
             self._quiet.clear()
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or link.closed.done():
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._quiet.wait(), remaining)
-        await client.publish(
+                async with asyncio.timeout(remaining):
+                    await self._quiet.wait()
+        self._session_open = False
+        await link.publish_and_wait(
             self._topics[TopicKind.STATUS],
             self._status(False, StatusReason.DISCONNECTED, self._clock.now_ms()),
-            qos=1,
             retain=True,
         )
         self._log.info("disconnecting", queued=self._outbox.size)
-        raise _Stopped
-
-    async def _send_live(
-        self, client: aiomqtt.Client, tasks: asyncio.TaskGroup, inflight: asyncio.Semaphore
-    ) -> None:
-        while True:
-            await self._live_ready.wait()
-            self._live_ready.clear()
-            while self._live:
-                batch = self._take_live_batch()
-                await inflight.acquire()
-                tasks.create_task(
-                    self._publish(client, batch, inflight), name=f"publish:{self.vin}"
-                )
 
     def _take_live_batch(self) -> list[_Live]:
-        first = self._live.popleft()
+        first = self._waiting.popleft()
         batch = [first]
         if first.record.kind is not OutboxKind.SAMPLE:
             return batch
         size = len(first.record.body)
         limit = self._settings.backlog_batch
-        while self._live and len(batch) < limit:
-            item = self._live[0]
-            record = item.record
+        while self._waiting and len(batch) < limit:
+            record = self._waiting[0].record
             if record.kind is not OutboxKind.SAMPLE or record.boot_id != first.record.boot_id:
                 break
             size += len(record.body) + 1
             if size > MAX_PAYLOAD_BYTES - _ENVELOPE_BYTES:
                 break
-            batch.append(self._live.popleft())
+            batch.append(self._waiting.popleft())
         return batch
 
-    async def _drain_backlog(
-        self, client: aiomqtt.Client, tasks: asyncio.TaskGroup, live_from: int
-    ) -> None:
+    async def _drain_backlog(self, live_from: int) -> None:
         settings = self._settings
-        window = asyncio.Semaphore(settings.backlog_window)
         interval = 1.0 / settings.backlog_msgs_per_s
         cursor = 0
         drained = 0
@@ -561,10 +530,11 @@ class TelematicsUnit:
             if not records:
                 break
             for batch in self._backlog_batches(records):
-                await window.acquire()
-                tasks.create_task(
-                    self._publish(client, batch, window, backlog=True), name=f"drain:{self.vin}"
-                )
+                while self._backlog_inflight >= settings.backlog_window:
+                    self._backlog_slot.clear()
+                    await self._backlog_slot.wait()
+                if not self._send(batch, backlog=True):
+                    return  # the session is ending; the next one starts over
                 cursor = batch[-1].record.id
                 drained += 1
                 await asyncio.sleep(interval)
@@ -600,7 +570,7 @@ class TelematicsUnit:
         if first.kind is OutboxKind.RESULT:
             properties = None
             if first.correlation is not None:
-                properties = _properties(PacketTypes.PUBLISH)
+                properties = new_properties(PacketTypes.PUBLISH)
                 properties.CorrelationData = first.correlation
             return first.topic or self._topics[TopicKind.COMMAND_RESULTS], first.body, properties
         samples = []
@@ -619,80 +589,93 @@ class TelematicsUnit:
         message = TelemetryMessage(v=1, vin=self.vin, boot_id=first.boot_id, samples=tuple(samples))
         return self._topics[TopicKind.TELEMETRY], message.model_dump_json(exclude_none=True), None
 
-    async def _publish(
-        self,
-        client: aiomqtt.Client,
-        batch: list[_Live],
-        slots: asyncio.Semaphore,
-        *,
-        backlog: bool = False,
-    ) -> None:
-        self._inflight += 1
+    def _send(self, batch: list[_Live], *, backlog: bool = False) -> bool:
+        """Publish one message for `batch`; False if the connection is gone (rows stay queued)."""
+        link = self._link
+        if link is None:
+            return False
+        encoded = self._encode(batch)
+        if encoded is None:
+            self._done(batch, backlog=backlog, accepted=True, sent=False)
+            return True
+        topic, payload, properties = encoded
         try:
-            encoded = self._encode(batch)
-            if encoded is not None:
-                topic, payload, properties = encoded
-                await client.publish(topic, payload, qos=1, properties=properties)
-                await self._inject_faults(client, topic, payload, properties)
-        finally:
+            link.publish(
+                topic,
+                payload,
+                qos=1,
+                properties=properties,
+                on_ack=functools.partial(self._acked, batch, backlog),
+            )
+            self._inject_faults(link, topic, payload, properties)
+        except BrokerError:
+            return False
+        if backlog:
+            self._backlog_inflight += 1
+        else:
+            self._inflight += 1
+        return True
+
+    def _acked(self, batch: list[_Live], backlog: bool, accepted: bool) -> None:
+        if backlog:
+            self._backlog_inflight -= 1
+            self._backlog_slot.set()
+        else:
             self._inflight -= 1
-            slots.release()
-            if not self._inflight and not self._live:
-                self._quiet.set()
+        self._done(batch, backlog=backlog, accepted=accepted, sent=True)
+        while self._waiting and self._inflight < self._mqtt.max_inflight:
+            if not self._send(self._take_live_batch()):
+                break
+        if not (self._inflight or self._backlog_inflight or self._waiting):
+            self._quiet.set()
+
+    def _done(self, batch: list[_Live], *, backlog: bool, accepted: bool, sent: bool) -> None:
         # Acknowledged (or unsendable): the rows leave the queue, the ledger notes them once.
         records = [item.record for item in batch]
         self._outbox.acknowledge([record.id for record in records])
         counters = self.counters
+        if not accepted:
+            # The broker refused it (e.g. not authorised): it would refuse every retry too.
+            counters.publish_refused += 1
+            self._log.error("publish_refused", rows=len(records), kind=records[0].kind.name)
+            return
+        if not sent:
+            return
         counters.messages_published += 1
         counters.rows_acknowledged += len(records)
         if backlog:
             counters.backlog_messages += 1
-        if encoded is None:
-            return
         for record in records:
             if record.seq is not None:
                 kind = "s" if record.kind is OutboxKind.SAMPLE else "e"
                 self._ledger.record(self.vin, record.boot_id, record.seq, kind, record.ts)
 
-    async def _inject_faults(
-        self, client: aiomqtt.Client, topic: str, payload: str, properties: Properties | None
+    def _inject_faults(
+        self, link: MqttLink, topic: str, payload: str, properties: Properties | None
     ) -> None:
         faults = self._faults
         if faults.duplicate_share and faults.rng.random() < faults.duplicate_share:
-            await client.publish(topic, payload, qos=1, properties=properties)
+            link.publish(topic, payload, qos=1, properties=properties)
             self.counters.duplicates_sent += 1
         if (
             faults.malformed_share
             and topic == self._topics[TopicKind.TELEMETRY]
             and faults.rng.random() < faults.malformed_share
         ):
-            garbage = payload[: max(1, len(payload) // 2)]  # truncated JSON
-            await client.publish(topic, garbage, qos=1)
+            link.publish(topic, payload[: max(1, len(payload) // 2)], qos=1)  # truncated JSON
             self.counters.malformed_sent += 1
 
     # -- commands -----------------------------------------------------------------------------
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        own_commands = command_topic(self.vin)
-        async for message in client.messages:
-            if message.topic.value != own_commands:
-                continue
-            payload = message.payload
-            if isinstance(payload, str):
-                payload = payload.encode()
-            elif not isinstance(payload, bytes | bytearray):
-                payload = b""
-            properties = message.properties
-            response_topic = getattr(properties, "ResponseTopic", None)
-            correlation = getattr(properties, "CorrelationData", None)
-            tasks = self._tasks
-            if tasks is None:
-                return
-            # Commands run in the unit's task group: a lost session must not cut one short.
-            tasks.create_task(
-                self._handle_command(bytes(payload), response_topic, correlation),
-                name=f"command:{self.vin}",
-            )
+    def _on_inbound(self, message: InboundMessage) -> None:
+        tasks = self._tasks
+        if message.topic != self._command_topic or tasks is None:
+            return
+        # Commands run in the unit's task group: a lost session must not cut one short.
+        tasks.create_task(
+            self._handle_command(message.payload, message.response_topic, message.correlation_data),
+            name=f"command:{self.vin}",
+        )
 
     async def _handle_command(
         self, payload: bytes, response_topic: str | None, correlation: bytes | None
@@ -843,7 +826,3 @@ class TelematicsUnit:
             topic=topic,
             correlation=correlation,
         )
-
-
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
