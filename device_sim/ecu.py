@@ -97,7 +97,7 @@ class SimulatedEcus:
         self._encoder = encoder or FrameEncoder(profile)
         # Per message: the wire signals it carries; and what it last carried.
         self._inputs = [
-            (message, tuple(m.wire for m in profile.mappings if m.message is message))
+            (message, tuple(m for m in profile.mappings if m.message is message))
             for message in self._encoder.messages
         ]
         self._last_inputs: dict[int, tuple[object, ...]] = {}
@@ -132,17 +132,23 @@ class SimulatedEcus:
     def send_changed(self) -> int:
         """Send the frames whose content changed since they were last sent; return how many.
 
-        Only messages whose input values changed are encoded again (fleets call this every
-        second for thousands of cars).
+        Compares the raw values each message would carry, so a frame is encoded again only
+        when it would differ (fleets call this every second for thousands of cars).
         """
-        values = self.state.wire_values()
-        immobilized = self.state.immobilized
+        state = self.state
+        immobilized = state.immobilized
+        values: dict[str, WireValue] | None = None
         sent = 0
-        for message, wires in self._inputs:
-            inputs = (immobilized, *[values.get(wire) for wire in wires])
+        for message, mappings in self._inputs:
+            inputs = (
+                immobilized,
+                *[mapping.wire_to_raw(getattr(state, mapping.wire)) for mapping in mappings],
+            )
             if self._last_inputs.get(message.frame_id) == inputs:
                 continue
             self._last_inputs[message.frame_id] = inputs
+            if values is None:
+                values = state.wire_values()
             self._bus.send(self._encoder.encode(message, values, immobilized=immobilized))
             sent += 1
         return sent

@@ -79,6 +79,8 @@ FIRMWARE = "tgw-device-sim/0.1"
 _ENVELOPE_BYTES = 256
 _GOODBYE_S = 5.0
 _MAX_CORRELATION_BYTES = 256
+# Executed command ids are kept a week past their deadline (clock corrections included).
+_COMMAND_MEMORY_MS = 7 * 24 * 3600 * 1000
 
 
 class Clock(Protocol):
@@ -445,6 +447,8 @@ class TelematicsUnit:
         )
         await link.subscribe(command_topic(self.vin), qos=1)
         self.counters.sessions += 1
+        # A command expired this long ago is refused as expired anyway: its id may go.
+        outbox.forget_commands_expired_before(self._clock.now_ms() - _COMMAND_MEMORY_MS)
         self._report_overflow()
         self._log.info("connected", backlog=outbox.size, session=self.counters.sessions)
         self.connected.set()
