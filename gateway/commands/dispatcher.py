@@ -66,28 +66,39 @@ class CommandDispatcher:
         self._settings = settings
         self._metrics = metrics
         self._wake = asyncio.Event()
+        self._pending: set[str] = set()  # cars an event says may have work
+        self._again: set[str] = set()  # cars with news while a claim for them was running
         self._claiming: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._slots = asyncio.Semaphore(_CONCURRENCY)
 
     def on_event(self, event: CommandEvent) -> None:
-        """Hub listener: a queued command, or a car leaving flight, may mean work."""
+        """Hub listener: a queued command, or a car leaving flight, may mean work for that car."""
         if event.status is Status.QUEUED or event.status not in IN_FLIGHT:
+            if event.vin in self._claiming:
+                self._again.add(event.vin)
+            else:
+                self._pending.add(event.vin)
             self._wake.set()
 
     async def run(self) -> None:
+        last_poll = 0.0
         async with asyncio.TaskGroup() as claims:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _POLL_S)
                 self._wake.clear()
-                try:
-                    vins = await self._store.dispatchable(_MAX_CARS_PER_ROUND)
-                except (psycopg.OperationalError, PoolTimeout) as exc:
-                    log.warning("commands.database_unavailable", error=str(exc))
-                    continue
+                vins = list(self._pending)
+                self._pending.clear()
+                if time.monotonic() - last_poll >= _POLL_S:
+                    # Besides the events: cars whose notification was lost, or due a retry.
+                    last_poll = time.monotonic()
+                    try:
+                        vins += await self._store.dispatchable(_MAX_CARS_PER_ROUND)
+                    except (psycopg.OperationalError, PoolTimeout) as exc:
+                        log.warning("commands.database_unavailable", error=str(exc))
                 now = time.monotonic()
-                for vin in vins:
+                for vin in dict.fromkeys(vins):
                     if vin in self._claiming or self._retry_at.get(vin, 0.0) > now:
                         continue
                     self._retry_at.pop(vin, None)
@@ -122,6 +133,10 @@ class CommandDispatcher:
             log.warning("commands.database_unavailable", vin=vin, error=str(exc))
         finally:
             self._claiming.discard(vin)
+            if vin in self._again:
+                self._again.discard(vin)
+                self._pending.add(vin)
+                self._wake.set()
 
     async def _publish(self, claimed: ClaimedCommand) -> tuple[int, str | None]:
         message = self._signer.sign(

@@ -75,33 +75,43 @@ _COMMAND_COLUMNS: LiteralString = """
     c.attempts
 """
 
-_INSERT_COMMAND = f"""
-                WITH clock AS (SELECT date_trunc('milliseconds', clock_timestamp()) AS t)
-                INSERT INTO commands AS c
-                    (vin, action, requested_by, idempotency_key, issued_at, expires_at, nonce)
-                SELECT %(vin)s, %(action)s, %(by)s, %(key)s, t,
-                       t + make_interval(secs => %(ttl)s), %(nonce)s FROM clock
-                ON CONFLICT ON CONSTRAINT commands_idempotency_key DO NOTHING
-                RETURNING {_COMMAND_COLUMNS}
-                """  # noqa: S608  # constants only
+_GET_COMMAND = f"""
+SELECT {_COMMAND_COLUMNS},
+       (SELECT coalesce(json_agg(json_build_object(
+                   'id', t.id, 'status', t.status, 'at', t.at, 'actor', t.actor,
+                   'detail', t.detail) ORDER BY t.at, t.id), '[]'::json)
+        FROM command_transitions t WHERE t.command_id = c.id) AS transitions
+FROM commands c WHERE c.id = %s
+"""  # noqa: S608  # constants only
 
-_QUEUED = f"""
-                WITH transition AS (
-                    INSERT INTO command_transitions (command_id, status, actor, detail)
-                    VALUES (%(id)s, 'queued', %(actor)s, %(detail)s) RETURNING id, at
-                ), audited AS (
-                    INSERT INTO audit_log (actor, action, target, detail)
-                    VALUES (%(by)s, 'command.queued', %(vin)s, jsonb_build_object(
-                        'command_id', %(id)s::uuid, 'action', %(action)s::text,
-                        'status', 'queued', 'by', %(actor)s::text, 'ttl_s', %(ttl)s::int,
-                        'idempotency_key', %(key)s::text))
-                    RETURNING 1
-                )
-                SELECT id, pg_notify('{EVENTS_CHANNEL}', json_build_object(
-                    'transition_id', id, 'command_id', %(id)s::uuid, 'vin', %(vin)s::text,
-                    'action', %(action)s::text, 'status', 'queued', 'at', at)::text)
-                FROM transition
-                """  # noqa: S608  # constants only
+# Insert, record `queued`, audit and announce, in one statement. ON CONFLICT: the same
+# idempotency key committed by a concurrent request; then nothing is inserted or announced.
+_INSERT_COMMAND = f"""
+WITH clock AS (SELECT date_trunc('milliseconds', clock_timestamp()) AS t),
+inserted AS (
+    INSERT INTO commands AS c
+        (vin, action, requested_by, idempotency_key, issued_at, expires_at, nonce)
+    SELECT %(vin)s, %(action)s, %(by)s, %(key)s, t,
+           t + make_interval(secs => %(ttl)s), %(nonce)s FROM clock
+    ON CONFLICT ON CONSTRAINT commands_idempotency_key DO NOTHING
+    RETURNING {_COMMAND_COLUMNS}
+), transition AS (
+    INSERT INTO command_transitions (command_id, status, actor, detail)
+    SELECT command_id, 'queued', %(actor)s, %(detail)s FROM inserted
+    RETURNING id, command_id, at
+), audited AS (
+    INSERT INTO audit_log (actor, action, target, detail)
+    SELECT requested_by, 'command.queued', vin, jsonb_build_object(
+        'command_id', command_id, 'action', action, 'status', 'queued',
+        'by', %(actor)s::text, 'ttl_s', %(ttl)s::int, 'idempotency_key', idempotency_key)
+    FROM inserted
+    RETURNING 1
+)
+SELECT i.*, pg_notify('{EVENTS_CHANNEL}', json_build_object(
+    'transition_id', t.id, 'command_id', i.command_id, 'vin', i.vin, 'action', i.action,
+    'status', 'queued', 'at', t.at)::text) AS notified
+FROM inserted i JOIN transition t ON t.command_id = i.command_id
+"""  # noqa: S608  # constants only
 
 # One state change, for every row `where` selects: update, transition, audit, notify.
 _MOVE = """
@@ -144,15 +154,15 @@ _MOVE_ONE = {
         ", sent_at = now(), key_id = %(key_id)s, attempts = c.attempts + 1",
     ),
     Status.ACCEPTED: _move(
-        "c.id = %(id)s AND c.status = ANY(%(from)s)",
+        "c.id = %(id)s AND c.vin = %(vin)s AND c.status = ANY(%(from)s)",
         ", accepted_at = now(), car_accepted_at = %(car_at)s",
     ),
     Status.EXPIRED: _move(
-        "c.id = %(id)s AND c.status = ANY(%(from)s)",
+        "c.id = %(id)s AND c.vin = %(vin)s AND c.status = ANY(%(from)s)",
         ", finished_at = now(), reason = %(reason)s, detail = %(detail)s",
     ),
     Status.FAILED: _move(
-        "c.id = %(id)s AND c.status = ANY(%(from)s)",
+        "c.id = %(id)s AND c.vin = %(vin)s AND c.status = ANY(%(from)s)",
         ", finished_at = now(), car_finished_at = %(car_at)s, reason = %(reason)s,"
         " detail = %(detail)s, failed_preconditions = %(preconditions)s,"
         " result_state = %(state)s",
@@ -304,15 +314,16 @@ class CommandStore:
             await cur.execute(
                 "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CREATE_LOCK, request.vin)
             )
-            await cur.execute("SELECT capabilities FROM vehicles WHERE vin = %s", (request.vin,))
+            await cur.execute(
+                "SELECT capabilities, (SELECT count(*) FROM commands "
+                "WHERE vin = %(vin)s AND status = ANY(%(active)s)) AS active "
+                "FROM vehicles WHERE vin = %(vin)s",
+                {"vin": request.vin, "active": _ACTIVE},
+            )
             vehicle = await cur.fetchone()
             _check_capable(request, vehicle)
-            await cur.execute(
-                "SELECT count(*) AS n FROM commands WHERE vin = %s AND status = ANY(%s)",
-                (request.vin, _ACTIVE),
-            )
-            active = await cur.fetchone()
-            _check_not_busy(request.vin, active["n"] if active else 0, busy_policy, max_queued)
+            assert vehicle is not None
+            _check_not_busy(request.vin, vehicle["active"], busy_policy, max_queued)
             await cur.execute(
                 _INSERT_COMMAND,
                 {
@@ -322,6 +333,8 @@ class CommandStore:
                     "key": request.idempotency_key,
                     "ttl": ttl_s,
                     "nonce": secrets.token_hex(16),
+                    "actor": f"operator:{request.requested_by}",
+                    "detail": Jsonb({"ttl_s": ttl_s}),
                 },
             )
             row = await cur.fetchone()
@@ -329,20 +342,7 @@ class CommandStore:
                 existing = await self._by_key(cur, request)
                 assert existing is not None
                 return existing, False
-            actor = f"operator:{request.requested_by}"
-            await cur.execute(
-                _QUEUED,
-                {
-                    "id": row["command_id"],
-                    "actor": actor,
-                    "detail": Jsonb({"ttl_s": ttl_s}),
-                    "by": request.requested_by,
-                    "vin": request.vin,
-                    "action": request.action.value,
-                    "ttl": ttl_s,
-                    "key": request.idempotency_key,
-                },
-            )
+            row.pop("notified")
             return CommandRecord(**row), True
 
     async def _by_key(
@@ -367,25 +367,17 @@ class CommandStore:
             )
         return record
 
-    async def get(self, command_id: UUID, *, with_transitions: bool = True) -> CommandRecord | None:
+    async def get(self, command_id: UUID) -> CommandRecord | None:
+        """One command with its transitions, read in one statement (one snapshot), so the
+        history and the current state always agree."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                f"SELECT {_COMMAND_COLUMNS} FROM commands c WHERE c.id = %s",  # noqa: S608  # constant columns
-                (command_id,),
-            )
+            await cur.execute(_GET_COMMAND, (command_id,))
             row = await cur.fetchone()
-            if row is None:
-                return None
-            transitions: list[Transition] | None = None
-            if with_transitions:
-                await cur.execute(
-                    "SELECT id, status, at, actor, detail FROM command_transitions "
-                    "WHERE command_id = %s ORDER BY at, id",
-                    (command_id,),
-                )
-                transitions = [Transition(**t) for t in await cur.fetchall()]
-            return CommandRecord(**row, transitions=transitions)
+        if row is None:
+            return None
+        transitions = [Transition(**t) for t in row.pop("transitions")]
+        return CommandRecord(**row, transitions=transitions)
 
     async def list_for_vehicle(self, vin: str, *, limit: int, cursor: str | None) -> CommandPage:
         after = _decode_cursor(cursor) if cursor else None
@@ -453,14 +445,6 @@ class CommandStore:
             locked = await cur.fetchone()
             if not locked or not locked["ok"]:
                 return DispatchOutcome.LOCKED, events
-            await cur.execute(
-                "SELECT EXISTS (SELECT 1 FROM commands WHERE vin = %s AND status = ANY(%s)) "
-                "AS busy",
-                (vin, _IN_FLIGHT),
-            )
-            busy = await cur.fetchone()
-            if busy and busy["busy"]:
-                return DispatchOutcome.NOTHING, events
             while True:
                 await cur.execute(
                     """
@@ -468,14 +452,16 @@ class CommandStore:
                            (extract(epoch FROM issued_at) * 1000)::bigint AS issued_ms,
                            (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
                            extract(epoch FROM expires_at - clock_timestamp())::float8 AS left_s,
-                           nonce
-                    FROM commands WHERE vin = %s AND status = 'queued'
+                           nonce,
+                           EXISTS (SELECT 1 FROM commands f
+                                   WHERE f.vin = %(vin)s AND f.status = ANY(%(in_flight)s)) AS busy
+                    FROM commands WHERE vin = %(vin)s AND status = 'queued'
                     ORDER BY created_at, id LIMIT 1 FOR UPDATE
                     """,
-                    (vin,),
+                    {"vin": vin, "in_flight": _IN_FLIGHT},
                 )
                 row = await cur.fetchone()
-                if row is None:
+                if row is None or row["busy"]:
                     return DispatchOutcome.NOTHING, events
                 claimed = ClaimedCommand(
                     command_id=row["id"],
@@ -493,6 +479,7 @@ class CommandStore:
                         cur,
                         Status.EXPIRED,
                         claimed.command_id,
+                        vin=vin,
                         sources=[Status.QUEUED],
                         reason=GatewayReason.DEADLINE_PASSED,
                         detail="its deadline passed before it could be sent to the car",
@@ -514,6 +501,7 @@ class CommandStore:
                     cur,
                     Status.FAILED,
                     claimed.command_id,
+                    vin=vin,
                     sources=[Status.QUEUED],
                     reason=GatewayReason.BROKER_REFUSED,
                     detail=f"the broker refused the command (reason code 0x{reason_code:02x}): "
@@ -527,6 +515,7 @@ class CommandStore:
         to: Status,
         command_id: UUID,
         *,
+        vin: str | None = None,
         sources: list[Status] | None = None,
         actor: str = GATEWAY_ACTOR,
         key_id: str | None = None,
@@ -542,6 +531,7 @@ class CommandStore:
             {
                 "to": to.value,
                 "id": command_id,
+                "vin": vin,
                 "from": [s.value for s in sources or []],
                 "actor": actor,
                 "key_id": key_id,
@@ -561,6 +551,11 @@ class CommandStore:
         """Apply one validated result; unknown commands and foreign VINs are not applied."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
+            # The usual case in one statement: the car's answer moves its command on.
+            events = await self._apply(cur, result)
+            if events:
+                return ResultApplied(ResultEffect.APPLY, event=events[0])
+            # Otherwise find out why not, with the row locked so that it cannot change meanwhile.
             await cur.execute(
                 "SELECT vin, status FROM commands WHERE id = %s FOR UPDATE", (result.command_id,)
             )
@@ -579,7 +574,7 @@ class CommandStore:
                     f"but {result.vin} answered it: result not applied",
                 )
             effect = effect_of_result(Status(row["status"]), result.outcome)
-            if effect is ResultEffect.APPLY:
+            if effect is ResultEffect.APPLY:  # it moved between the two statements
                 events = await self._apply(cur, result)
                 return ResultApplied(effect, event=events[0] if events else None)
             if effect in (ResultEffect.LATE, ResultEffect.CONFLICT):
@@ -614,6 +609,7 @@ class CommandStore:
             cur,
             to,
             result.command_id,
+            vin=result.vin,
             sources=sorted(allowed_sources(result.outcome)),
             actor=f"car:{result.vin}",
             reason=result.reason.value if result.reason else None,
