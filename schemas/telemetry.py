@@ -40,6 +40,8 @@ class TelemetryMessage(ProtocolModel):
 
     @model_validator(mode="after")
     def _check_unique_seq(self) -> Self:
+        if len(self.samples) == 1:  # live data: nothing to compare
+            return self
         seqs = {sample.seq for sample in self.samples}
         if len(seqs) != len(self.samples):
             raise ValueError("samples: each sample in a message has its own seq")

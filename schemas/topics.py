@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas.vin import VinError, parse_vin
+from schemas.vin import _VIN_RE, VIN_LENGTH, VinError, parse_vin
 
 __all__ = [
     "GATEWAY_SHARE_GROUP",
@@ -93,8 +93,21 @@ _LEVELS = len(_ROOT_LEVELS) + 2
 _KINDS = {kind.value: kind for kind in TopicKind}
 
 
+_PREFIX = TOPIC_ROOT + "/"
+_VIN_START = len(_PREFIX)
+_VIN_END = _VIN_START + VIN_LENGTH
+
+
 def parse_topic(topic: str) -> VehicleTopic:
     """Parse a concrete topic (no wildcards) into VIN and kind, or raise `TopicError`."""
+    # Fast path (every message the gateway receives): prefix, 17-character VIN, "/", kind.
+    # A kind holds no "/" and a VIN matching the pattern holds none either, so this accepts
+    # exactly the well-formed topics the general path below accepts.
+    if topic.startswith(_PREFIX) and topic[_VIN_END : _VIN_END + 1] == "/":
+        kind = _KINDS.get(topic[_VIN_END + 1 :])
+        vin = topic[_VIN_START:_VIN_END]
+        if kind is not None and _VIN_RE.fullmatch(vin):
+            return VehicleTopic(vin=vin, kind=kind)
     levels = topic.split("/")
     if len(levels) != _LEVELS or levels[: len(_ROOT_LEVELS)] != _ROOT_LEVELS:
         raise TopicError(f"topic {topic!r} is not of the form {TOPIC_ROOT}/<VIN>/<kind>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -13,6 +15,7 @@ from schemas import (
     EventMessage,
     Rejected,
     RejectionReason,
+    Signals,
     StatusMessage,
     StatusReason,
     TelemetryMessage,
@@ -25,12 +28,17 @@ __all__ = [
     "EventRow",
     "IngestBatch",
     "LatestStateRow",
+    "SignalValues",
     "StatusUpdate",
     "TelemetryRow",
 ]
 
 # Column order of the telemetry COPY: time, vin, boot_id, seq, received_at, then signals.
 TelemetryRow = tuple[object, ...]
+SignalValues = tuple[float | bool | None, ...]
+
+# All signals of a sample in one C call (SIGNAL_NAMES order): the hot path of ingest.
+_signal_values: Callable[[Signals], SignalValues] = operator.attrgetter(*SIGNAL_NAMES)
 EventRow = tuple[datetime, str, str, int, str, str, datetime]
 
 
@@ -60,31 +68,49 @@ class StatusUpdate:
 
 @dataclass(slots=True)
 class LatestStateRow:
-    """The newest known value of each signal of one car within a batch."""
+    """The newest known value of each signal of one car within a batch.
+
+    Samples are kept as they come and merged when the row is built: most cars send one
+    message per batch, and then there is nothing to merge.
+    """
 
     vin: str
     time_ms: int
     boot_id: str
     seq: int
-    signals: dict[str, float | bool] = field(default_factory=dict)
-    signal_times: dict[str, int] = field(default_factory=dict)
+    samples: list[tuple[int, SignalValues]] = field(default_factory=list)
 
-    def merge(self, time_ms: int, boot_id: str, seq: int, signals: dict[str, float | bool]) -> None:
+    def merge(self, time_ms: int, boot_id: str, seq: int, values: SignalValues) -> None:
+        """Add a sample (`values` in `SIGNAL_NAMES` order, None where absent)."""
         if time_ms >= self.time_ms:
             self.time_ms, self.boot_id, self.seq = time_ms, boot_id, seq
-        for name, value in signals.items():
-            if time_ms >= self.signal_times.get(name, -1):
-                self.signals[name] = value
-                self.signal_times[name] = time_ms
+        self.samples.append((time_ms, values))
+
+    def values(self) -> SignalValues:
+        """Each signal from the newest sample that carries it (later wins a tie)."""
+        samples = self.samples
+        if len(samples) == 1:
+            return samples[0][1]
+        merged: list[float | bool | None] = [None] * len(SIGNAL_NAMES)
+        times = [-1] * len(SIGNAL_NAMES)
+        for time_ms, values in samples:
+            for index, value in enumerate(values):
+                if value is not None and time_ms >= times[index]:
+                    merged[index] = value
+                    times[index] = time_ms
+        return tuple(merged)
+
+    @property
+    def signals(self) -> dict[str, float | bool]:
+        """The merged signals this car reported in the batch, by wire name."""
+        return {
+            name: value
+            for name, value in zip(SIGNAL_NAMES, self.values(), strict=True)
+            if value is not None
+        }
 
     def as_row(self) -> tuple[object, ...]:
-        return (
-            ms_to_datetime(self.time_ms),
-            self.vin,
-            self.boot_id,
-            self.seq,
-            *(self.signals.get(name) for name in SIGNAL_NAMES),
-        )
+        return (ms_to_datetime(self.time_ms), self.vin, self.boot_id, self.seq, *self.values())
 
 
 @dataclass(slots=True)
@@ -100,6 +126,8 @@ class IngestBatch:
     last_seen: dict[str, datetime] = field(default_factory=dict)
     messages: list[InboundMessage] = field(default_factory=list)
     oldest_device_ms: list[int] = field(default_factory=list)
+    _received_ms: int = field(default=-1, init=False, repr=False)
+    _received_dt: datetime = field(default=datetime.min, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -107,7 +135,7 @@ class IngestBatch:
     def add(self, inbound: InboundMessage, outcome: Accepted | Rejected) -> None:
         """Add one classified message."""
         self.messages.append(inbound)
-        received_at = ms_to_datetime(inbound.received_at_ms)
+        received_at = self._received_at(inbound.received_at_ms)
         if isinstance(outcome, Rejected):
             self.add_dead_letter(inbound, outcome.reason, outcome.detail, outcome.vin)
             return
@@ -148,25 +176,24 @@ class IngestBatch:
             )
         )
 
+    def _received_at(self, received_at_ms: int) -> datetime:
+        # Messages of one read share their receive time: convert it once.
+        if received_at_ms != self._received_ms:
+            self._received_ms, self._received_dt = received_at_ms, ms_to_datetime(received_at_ms)
+        return self._received_dt
+
     def _add_telemetry(self, message: TelemetryMessage, received_at: datetime) -> None:
         vin, boot_id = message.vin, message.boot_id
         latest = self.latest.get(vin)
+        rows = self.telemetry
         for sample in message.samples:
-            signals = sample.signals
-            self.telemetry.append(
-                (
-                    ms_to_datetime(sample.ts),
-                    vin,
-                    boot_id,
-                    sample.seq,
-                    received_at,
-                    *(getattr(signals, name) for name in SIGNAL_NAMES),
-                )
-            )
-            self.oldest_device_ms.append(sample.ts)
+            ts, seq = sample.ts, sample.seq
+            values = _signal_values(sample.signals)
+            rows.append((ms_to_datetime(ts), vin, boot_id, seq, received_at, *values))
+            self.oldest_device_ms.append(ts)
             if latest is None:
-                latest = self.latest[vin] = LatestStateRow(vin, sample.ts, boot_id, sample.seq)
-            latest.merge(sample.ts, boot_id, sample.seq, signals.present())
+                latest = self.latest[vin] = LatestStateRow(vin, ts, boot_id, seq)
+            latest.merge(ts, boot_id, seq, values)
 
     def _add_event(self, message: EventMessage, received_at: datetime) -> None:
         data = EVENT_ADAPTER.dump_json(

@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.storage import ensure_partitions
 
-__all__ = ["mark_stale_vehicles", "run_maintenance"]
+__all__ = ["last_seen_resolution_s", "mark_stale_vehicles", "run_maintenance"]
 
 log = structlog.get_logger(__name__)
 
@@ -25,21 +25,39 @@ WHERE online AND NOT stale AND last_seen_at < now() - make_interval(secs => %s)
 """
 
 
-async def mark_stale_vehicles(pool: AsyncConnectionPool[Any], stale_after_s: float) -> int:
-    """Mark online cars silent for longer than `stale_after_s` as stale; return how many."""
+def last_seen_resolution_s(stale_after_s: float) -> float:
+    """How stale `vehicles.last_seen_at` may be: ingest rewrites it at most this often per car.
+
+    A tenth of the stale interval, at most 30 s: one `vehicles` update per car per 30 s
+    instead of one per batch, and stale marking late by at most this much.
+    """
+    return min(stale_after_s / 10, 30.0)
+
+
+async def mark_stale_vehicles(
+    pool: AsyncConnectionPool[Any], stale_after_s: float, last_seen_resolution_s: float = 0.0
+) -> int:
+    """Mark online cars silent for longer than `stale_after_s` as stale; return how many.
+
+    `last_seen_at` may lag the car's last message by up to `last_seen_resolution_s`
+    (see `BatchWriter`), so only cars silent by the database's account for longer than both
+    together are marked: never a car that spoke within `stale_after_s`.
+    """
     async with pool.connection() as conn:
-        cursor = await conn.execute(_MARK_STALE, (stale_after_s,))
+        cursor = await conn.execute(_MARK_STALE, (stale_after_s + last_seen_resolution_s,))
         affected: int = cursor.rowcount
         return max(affected, 0)
 
 
-async def run_maintenance(pool: AsyncConnectionPool[Any], stale_after_s: float) -> None:
+async def run_maintenance(
+    pool: AsyncConnectionPool[Any], stale_after_s: float, last_seen_resolution_s: float = 0.0
+) -> None:
     """Run upkeep until cancelled; a database outage only delays it."""
     check_every_s = max(1.0, min(stale_after_s / 4, 30.0))
     since_partitions = _PARTITION_EVERY_S
     while True:
         try:
-            marked = await mark_stale_vehicles(pool, stale_after_s)
+            marked = await mark_stale_vehicles(pool, stale_after_s, last_seen_resolution_s)
             if marked:
                 log.info("connectivity.stale", vehicles=marked)
             if since_partitions >= _PARTITION_EVERY_S:
