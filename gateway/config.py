@@ -141,6 +141,23 @@ class CommandSettings(_Section):
     publish_timeout_s: float = Field(default=5.0, gt=0, le=60)
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
     result_workers: int = Field(default=4, ge=1, le=64)
+    # Where a rental may end: a polygon per city, vertices [longitude, latitude] (WGS84).
+    operating_areas: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
+
+    @field_validator("operating_areas")
+    @classmethod
+    def _check_areas(
+        cls, areas: dict[str, list[tuple[float, float]]]
+    ) -> dict[str, list[tuple[float, float]]]:
+        for name, polygon in areas.items():
+            if len(polygon) < 3:
+                raise ValueError(f"operating area {name!r} needs at least 3 vertices")
+            for lon, lat in polygon:
+                if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+                    raise ValueError(
+                        f"operating area {name!r}: ({lon}, {lat}) is not [longitude, latitude]"
+                    )
+        return areas
 
 
 class LogSettings(_Section):

@@ -10,7 +10,7 @@ GET  /v1/commands/events              viewer    every command's transitions live
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -136,6 +136,19 @@ def commands_router(service: CommandService) -> APIRouter:
             return await service.list_for_vehicle(_vin(vin), limit=limit, cursor=cursor)
         except CommandRefusedError as exc:
             raise _refused(exc) from exc
+
+    @router.get(
+        "/v1/vehicles/{vin}/rental-end-check",
+        summary="May the rental end now? Each failing condition named (viewer)",
+    )
+    async def rental_end_check(
+        vin: VinPath, _: Annotated[Principal, Depends(require(Role.VIEWER))]
+    ) -> dict[str, Any]:
+        try:
+            report = await service.rental_end_check(_vin(vin))
+        except CommandRefusedError as exc:
+            raise _refused(exc) from exc
+        return report.as_dict()
 
     @router.get(
         "/v1/commands/events",

@@ -10,6 +10,7 @@ from gateway.commands.events import CommandEventHub
 from gateway.commands.lifecycle import stream_ends
 from gateway.commands.metrics import CommandMetrics
 from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand
+from gateway.commands.rental import RentalEndReport, check_rental_end
 from gateway.commands.store import CommandStore
 from gateway.config import CommandSettings
 from schemas import MAX_COMMAND_TTL_MS
@@ -84,6 +85,15 @@ class CommandService:
                 f"vehicle {vin} is unknown", status=404, kind="unknown-vehicle"
             )
         return await self._store.list_for_vehicle(vin, limit=limit, cursor=cursor)
+
+    async def rental_end_check(self, vin: str) -> RentalEndReport:
+        """Whether a rental of `vin` may end now, naming each condition that fails."""
+        known, state = await self._store.latest_state(vin)
+        if not known:
+            raise CommandRefusedError(
+                f"vehicle {vin} is unknown", status=404, kind="unknown-vehicle"
+            )
+        return check_rental_end(vin, state, self._settings.operating_areas)
 
     async def follow(
         self, command_id: UUID, *, heartbeat_s: float

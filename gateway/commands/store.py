@@ -404,6 +404,20 @@ class CommandStore:
             next_cursor = _encode_cursor(last.created_at, last.command_id)
         return CommandPage(items=items, next_cursor=next_cursor)
 
+    async def latest_state(self, vin: str) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the car is known, its latest state row or None)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT v.vin AS known, s.* FROM vehicles v "
+                "LEFT JOIN latest_state s ON s.vin = v.vin WHERE v.vin = %s",
+                (vin,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return False, None
+        return True, (row if row.get("time") is not None else None)
+
     async def vehicle_exists(self, vin: str) -> bool:
         async with self._pool.connection() as conn:
             cur = await conn.execute("SELECT 1 FROM vehicles WHERE vin = %s", (vin,))

@@ -605,3 +605,55 @@ async def test_two_gateway_instances_send_each_command_exactly_once(
     assert sorted(received) == sorted(ids)  # each exactly once
     for record in records:
         assert [t["status"] for t in record["transitions"]][:2] == ["queued", "sent"]
+
+
+async def test_rental_end_check_names_each_failing_condition(
+    mqtt_broker: MosquittoBroker,
+    migrated_database: str,
+    car_credentials: CarCredentialsFactory,
+    keys: KeyPairFiles,
+) -> None:
+    munich = [(11.45, 48.09), (11.70, 48.09), (11.70, 48.20), (11.45, 48.20)]
+    settings = command_gateway_settings(
+        mqtt_broker, migrated_database, keys, operating_areas={"munich": munich}
+    )
+    token = await make_token(migrated_database, "pia", Role.VIEWER)
+    closed = {f"door_{d}_open": False for d in ("fl", "fr", "rl", "rr")}
+    async with (
+        running_gateway(settings),
+        responding_car(car_credentials(), keys) as car,
+        api(settings, token) as client,
+    ):
+        await asyncio.to_thread(car.birth)
+        await wait_registered(migrated_database, car.vin)
+        url = f"/v1/vehicles/{car.vin}/rental-end-check"
+        await asyncio.to_thread(
+            car.telemetry,
+            1,
+            lat=48.137,
+            lon=11.576,
+            locked=False,
+            ignition=True,
+            trunk_open=False,
+            **{**closed, "door_fl_open": True},
+        )
+        deadline = time.monotonic() + 10
+        report = (await client.get(url)).json()
+        while report["state_time"] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            report = (await client.get(url)).json()
+        assert report["may_end"] is False
+        assert {f["condition"] for f in report["failed"]} == {
+            "doors_closed",
+            "locked",
+            "ignition_off",
+        }
+        assert report["area"] == "munich"
+        await asyncio.to_thread(car.telemetry, 2, locked=True, ignition=False, **closed)
+        while not report["may_end"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            report = (await client.get(url)).json()
+        assert report["may_end"] is True, report
+        assert report["failed"] == []
+        unknown = await client.get("/v1/vehicles/WVWZZZ1JZXW999999/rental-end-check")
+        assert unknown.status_code == 404
