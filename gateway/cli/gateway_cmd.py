@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 import httpx
+import structlog
 import typer
 from pydantic import ValidationError
 
@@ -32,16 +33,43 @@ def load_settings() -> Settings:
 
 
 @app.command("run")
-def run() -> None:
+def run(
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Gateway processes sharing the subscription (about one core each). Worker i "
+            "connects as <username>-i with the same password and serves HTTP on port + i - 1; "
+            "create those broker accounts first. 1: one process with the configured identity.",
+        ),
+    ] = 1,
+    worker_id: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run only worker I of a --workers set (its identity: <username>-I, port + I - 1), "
+            "e.g. one service unit per worker.",
+        ),
+    ] = None,
+) -> None:
     """Ingest telemetry, events and status until SIGTERM/SIGINT, then flush and stop."""
-    from gateway.app import run_gateway  # noqa: PLC0415  # keep `tgw --help` fast
-
     settings = load_settings()
     configure_logging(settings.log.level, json=settings.log.json_output)
     if settings.mqtt.password is None:
         raise ConfigurationError(
             "no broker password: set TGW_MQTT__PASSWORD (the gateway account's password)"
         )
+    if worker_id is None and workers > 1:
+        from gateway.workers import run_workers  # noqa: PLC0415  # keep `tgw --help` fast
+
+        raise typer.Exit(run_workers(workers))
+    from gateway.app import run_gateway  # noqa: PLC0415  # keep `tgw --help` fast
+
+    if worker_id is not None:
+        from gateway.workers import worker_settings  # noqa: PLC0415  # keep `tgw --help` fast
+
+        settings = worker_settings(settings, worker_id)
+        structlog.contextvars.bind_contextvars(worker=worker_id)
     asyncio.run(run_gateway(settings))
 
 
