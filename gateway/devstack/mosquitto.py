@@ -1,13 +1,17 @@
 """A private Mosquitto broker rendered from the repository's own mosquitto.conf and ACL.
 
-The broker is production-shaped (no anonymous access, password file, ACL, persistence); only
-the port and file paths differ. Accounts are added while it runs: the password file is
-rewritten and Mosquitto reloads it on SIGHUP without dropping connected clients.
+The broker is production-shaped (no anonymous access, password file, ACL, dynamic-security
+plugin for subscribe ACLs, persistence); only the port and file paths differ. Accounts are
+added while it runs: the password file is rewritten and Mosquitto reloads it on SIGHUP without
+dropping connected clients; cars also become clients of the dynamic-security plugin (role
+`tgw-car`), so they cannot subscribe to other cars' data or join the gateway's share group.
+Optionally it also listens with TLS (the template's TLS listener block, on a second port).
 """
 
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import os
 import re
@@ -17,6 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -38,17 +43,23 @@ from gateway.devstack._host import (
     wait_until,
 )
 from gateway.devstack.accounts import BrokerAccount
-from gateway.errors import DevStackError
+from gateway.errors import DevStackError, GatewayError
+from gateway.provisioning.dynsec import DynsecAdmin
+from gateway.provisioning.endpoint import BrokerEndpoint
 from schemas.vin import parse_vin
 
 __all__ = [
+    "ADMIN_USERNAME",
+    "CAR_ROLE",
     "DEFAULT_GATEWAY_USERNAME",
+    "BrokerTls",
     "MosquittoBroker",
     "connack_reason",
     "mosquitto_password_hash",
     "read_password_file",
     "render_acl",
     "render_config",
+    "render_tls_listener",
     "write_password_file",
 ]
 
@@ -58,10 +69,23 @@ DEFAULT_GATEWAY_USERNAME = "tgw-gateway"
 # Our own probe account: no ACL rights at all. Probing with a real account would take over that
 # account's session, because the broker uses the username as the client id.
 PROBE_USERNAME = "tgw-devstack-probe"
+# The provisioning account (mosquitto.acl): drives the dynamic-security plugin, nothing else.
+ADMIN_USERNAME = "tgw-provisioner"
+# The plugin's role for cars (mosquitto-dynsec.json): subscribe to commands topics only.
+CAR_ROLE = "tgw-car"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_TEMPLATE_ENV = "TGW_MOSQUITTO_CONF_TEMPLATE"
 ACL_TEMPLATE_ENV = "TGW_MOSQUITTO_ACL_TEMPLATE"
+DYNSEC_TEMPLATE_ENV = "TGW_MOSQUITTO_DYNSEC_TEMPLATE"
+_DYNSEC_PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+_TLS_BLOCK_BEGIN = "# tgw-render: tls-listener begin"
+_TLS_BLOCK_END = "# tgw-render: tls-listener end"
+_COMMENTED_SETTING = re.compile(r"^#([a-z_]+)(?: (.*))?$")
 _RENDER_MARK = re.compile(r"^#\s*tgw-render:\s*(\S+)\s*$")
 _GATEWAY_BLOCK_BEGIN = "# tgw-render: gateway-account begin"
 _GATEWAY_BLOCK_END = "# tgw-render: gateway-account end"
@@ -133,6 +157,44 @@ def render_acl(template: str, gateway_usernames: Sequence[str]) -> str:
         _check_username(username)
         blocks.append(block.replace(f"user {DEFAULT_GATEWAY_USERNAME}\n", f"user {username}\n"))
     return template[:block_start] + "\n".join(blocks) + template[end:]
+
+
+def render_tls_listener(config: str, values: Mapping[str, str]) -> str:
+    """Uncomment the template's TLS listener block, replacing the settings named in `values`.
+
+    In the block, `#setting value` lines are settings (uncommented; `values[setting]` replaces
+    the value when given) and `# text` lines stay comments. Every key of `values` must occur.
+    """
+    begin = config.find(_TLS_BLOCK_BEGIN)
+    end = config.find(_TLS_BLOCK_END)
+    if begin < 0 or end < begin:
+        raise DevStackError("mosquitto.conf template: tls-listener markers missing")
+    block_start = config.index("\n", begin) + 1
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in config[block_start:end].splitlines():
+        setting = _COMMENTED_SETTING.match(line)
+        if setting is None:
+            out.append(line)
+            continue
+        name = setting.group(1)
+        seen.add(name)
+        out.append(f"{name} {values[name]}" if name in values else line[1:])
+    missing = set(values) - seen
+    if missing:
+        raise DevStackError(f"mosquitto.conf TLS block lacks settings {sorted(missing)}")
+    return config[:block_start] + "\n".join(out) + "\n" + config[end:]
+
+
+def dynsec_plugin_path() -> Path:
+    """Where Mosquitto's dynamic-security plugin is installed (Debian: /usr/lib/<arch>/)."""
+    for pattern in _DYNSEC_PLUGIN_GLOBS:
+        for found in sorted(glob.glob(pattern)):
+            return Path(found)
+    raise DevStackError(
+        "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed: "
+        "it comes with Debian's mosquitto package (run scripts/setup.sh)"
+    )
 
 
 def _check_username(username: str) -> None:
@@ -214,12 +276,24 @@ def connack_reason(
     return answers[0] if answers else None
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """The TLS listener's files (`tgw pki init` makes them) and whether it requires client certs."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+
+
 class MosquittoBroker:
     """A private Mosquitto on a loopback port, for tests and the demo (a sync context manager).
 
     Layout of `work_dir`: `mosquitto.conf` and `acl` (rendered from the repository's
-    mosquitto.conf and mosquitto.acl), `passwd`, `data/` (persistence), `mosquitto.log`.
-    Reusing a `work_dir` keeps persisted sessions and accounts.
+    mosquitto.conf and mosquitto.acl), `passwd`, `dynsec.json` (the dynamic-security plugin's
+    clients, from mosquitto-dynsec.json), `data/` (persistence), `mosquitto.log`. Reusing a
+    `work_dir` keeps persisted sessions and accounts.
 
     Run as root, Mosquitto drops to the `mosquitto` user (the template says so); the work files
     are then given to that user and its ancestors made traversable (x bit only).
@@ -230,6 +304,9 @@ class MosquittoBroker:
         gateway_username: the gateway's account, created at start with `gateway_password`.
         gateway_password: None generates a random one (see `gateway_password`).
         start_timeout_s: deadline for the health check at start and after reloads.
+        tls: also listen with TLS on `tls_port` (a free one when None), rendered from the
+            template's TLS listener block.
+        tls_port: the TLS port.
     """
 
     def __init__(
@@ -240,8 +317,13 @@ class MosquittoBroker:
         gateway_username: str = DEFAULT_GATEWAY_USERNAME,
         gateway_password: str | None = None,
         start_timeout_s: float = 15.0,
+        tls: BrokerTls | None = None,
+        tls_port: int | None = None,
     ) -> None:
         _check_username(gateway_username)
+        self._tls = tls
+        self._tls_port = tls_port
+        self._admin_password = secrets.token_urlsafe(24)
         self._work_dir = work_dir.resolve()
         self._port = port
         self._gateway_username = gateway_username
@@ -263,6 +345,30 @@ class MosquittoBroker:
         if self._port is None:
             raise DevStackError("the broker has no port before it was started")
         return self._port
+
+    @property
+    def tls_port(self) -> int:
+        if self._tls is None or self._tls_port is None:
+            raise DevStackError("the broker has no TLS listener (or was not started yet)")
+        return self._tls_port
+
+    @property
+    def tls(self) -> BrokerTls | None:
+        return self._tls
+
+    @property
+    def endpoint(self) -> BrokerEndpoint:
+        """The plain listener, for tools that take a `BrokerEndpoint`."""
+        return BrokerEndpoint(self.host, self.port)
+
+    @property
+    def admin_account(self) -> BrokerAccount:
+        """The provisioning account: drives the dynamic-security plugin (see mosquitto.acl)."""
+        return BrokerAccount(ADMIN_USERNAME, self._admin_password, self.host, self.port)
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self._work_dir / "dynsec.json"
 
     @property
     def gateway_username(self) -> str:
@@ -338,7 +444,10 @@ class MosquittoBroker:
             )
         # Only a port we picked and never used may be swapped for another one.
         attempts = 3 if self._port is None else 1
+        pick_tls = self._tls is not None and self._tls_port is None
         for attempt in range(1, attempts + 1):
+            if pick_tls:
+                self._tls_port = free_port()
             if self._port is None:
                 self._port = free_port()
             elif not port_is_free(self._port):
@@ -353,6 +462,8 @@ class MosquittoBroker:
                 if attempt == attempts or "Address already in use" not in self._log_text():
                     raise
                 self._port = None
+                if pick_tls:
+                    self._tls_port = None
             else:
                 return
 
@@ -378,6 +489,8 @@ class MosquittoBroker:
             {
                 "password_file": f"password_file {self.password_file}",
                 "acl_file": f"acl_file {self.acl_file}",
+                "plugin": f"plugin {dynsec_plugin_path()}",
+                "plugin_opt_config_file": f"plugin_opt_config_file {self.dynsec_file}",
                 "user": f"user {run_as}",
                 "persistence_location": f"persistence_location {self.data_dir}",
                 # stderr goes to our log file: start-up errors land there too.
@@ -385,15 +498,42 @@ class MosquittoBroker:
                 "listener": f"listener {self.port} {LOOPBACK}",
             },
         )
+        if self._tls is not None:
+            tls = self._tls
+            conf = render_tls_listener(
+                conf,
+                {
+                    "listener": f"{self._tls_port} {LOOPBACK}",
+                    "cafile": str(tls.ca_file.resolve()),
+                    "certfile": str(tls.cert_file.resolve()),
+                    "keyfile": str(tls.key_file.resolve()),
+                    "require_certificate": "true" if tls.require_certificate else "false",
+                    "use_identity_as_username": "true" if tls.use_identity_as_username else "false",
+                },
+            )
         self.config_file.write_text(conf, encoding="utf-8")
         self._write_acl()
+        if not self.dynsec_file.exists():
+            # The plugin keeps its clients in this file: a reused work_dir keeps the cars.
+            template = _template(DYNSEC_TEMPLATE_ENV, "mosquitto-dynsec.json")
+            shutil.copyfile(template, self.dynsec_file)
         entries = read_password_file(self.password_file)
+        entries[ADMIN_USERNAME] = mosquitto_password_hash(self._admin_password)
         entries[self._gateway_username] = mosquitto_password_hash(self._gateway_password)
         entries[PROBE_USERNAME] = mosquitto_password_hash(self._probe_password)
         write_password_file(self.password_file, entries, self._owner)
         if self._owner is not None:
             give_to(self._owner, self._work_dir, self.data_dir, recursive=True)
             ensure_traversable(self._work_dir, self._owner)
+            if self._tls is not None:
+                self._expose_tls_files(self._tls, self._owner)
+
+    @staticmethod
+    def _expose_tls_files(tls: BrokerTls, owner: ServiceUser) -> None:
+        # Mosquitto reads its TLS files after dropping to its user (and again on SIGHUP).
+        for path in (tls.ca_file, tls.cert_file, tls.key_file):
+            ensure_traversable(path.resolve().parent, owner)
+        give_to(owner, tls.key_file.resolve())
 
     def _write_acl(self) -> None:
         acl = render_acl(
@@ -516,8 +656,24 @@ class MosquittoBroker:
         return password
 
     def add_car(self, vin: str, password: str | None = None) -> str:
-        """Create a car's account (username = its VIN); return its password."""
-        return self.add_account(parse_vin(vin), password)
+        """Create a car's account (username = its VIN); return its password.
+
+        The car becomes a dynamic-security client with the car role first, so there is no
+        moment in which it can log in without its subscribe ACL.
+        """
+        vin = parse_vin(vin)
+        self.add_subscribe_acl(vin)
+        return self.add_account(vin, password)
+
+    def add_subscribe_acl(self, *usernames: str) -> None:
+        """Make `usernames` dynamic-security clients with the car role (subscribe ACLs)."""
+        with self._dynsec_admin() as admin:
+            admin.add_clients(usernames, CAR_ROLE)
+
+    def _dynsec_admin(self) -> DynsecAdmin:
+        if not self.running:
+            raise DevStackError("the broker is not running")
+        return DynsecAdmin(self.endpoint, ADMIN_USERNAME, self._admin_password)
 
     def add_gateway(self, username: str, password: str | None = None) -> str:
         """Create another gateway account (one per gateway instance) with the gateway's ACL."""
@@ -528,13 +684,21 @@ class MosquittoBroker:
         return self.add_account(username, password)
 
     def remove_account(self, username: str) -> None:
-        """Delete an account; its open connections stay until they reconnect (Mosquitto 2.0)."""
+        """Delete an account. The reload re-checks every connected client's password, so the
+        account's open connection is closed too (Mosquitto 2.0, security_apply)."""
         entries = read_password_file(self.password_file)
         entries.pop(username, None)
-        if username in self._gateway_usernames and username != self._gateway_username:
+        is_gateway = username in self._gateway_usernames
+        if is_gateway and username != self._gateway_username:
             self._gateway_usernames.remove(username)
             self._write_acl()
         self._commit_accounts(entries)
+        if not is_gateway and self.running:
+            try:
+                with self._dynsec_admin() as admin:
+                    admin.remove_clients([username])
+            except GatewayError as exc:
+                raise DevStackError(f"cannot remove {username}'s subscribe ACL: {exc}") from exc
 
     def _commit_accounts(self, entries: dict[str, str]) -> None:
         # A fresh probe password rides along: once it works, the reload has happened.

@@ -4,9 +4,11 @@ Negative checks never sleep: after the message under test, a "barrier" message i
 path that must work; the broker keeps order, so anything that leaked arrives before it. Each
 negative check also has a positive control proving the message really was published.
 
-What Mosquitto 2.0 (acl_file) does, verified here:
+What Mosquitto 2.0 does with our configuration, verified here:
 - a PUBLISH the ACL forbids gets PUBACK 0x87 (not authorized) and goes nowhere;
-- a SUBSCRIBE is always granted, but each message is checked for `read` before delivery.
+- a car's SUBSCRIBE outside commands topics is refused (0x87) by the dynamic-security plugin
+  (acl_file alone grants every SUBSCRIBE); each message is still checked for `read` before
+  delivery, so a car subscribed to another car's commands topic receives nothing.
 """
 
 from __future__ import annotations
@@ -135,7 +137,9 @@ def test_car_cannot_read_other_cars_uplink(
 ) -> None:
     car_a, car_b = _car(broker), _car(broker)
     with MqttTestClient(car_b) as b, MqttTestClient(car_a) as a:
-        a.subscribe("tgw/v1/vehicles/+/telemetry", "tgw/v1/vehicles/+/+", "#")
+        codes = a.subscribe("tgw/v1/vehicles/+/telemetry", "tgw/v1/vehicles/+/+", "#")
+        assert _values(codes) == [NOT_AUTHORIZED] * 3  # the dynamic-security plugin refuses
+        a.subscribe(vehicle_topic(car_a.username, TopicKind.COMMANDS))  # for the barrier
         telemetry_b = vehicle_topic(car_b.username, TopicKind.TELEMETRY)
         assert b.publish(telemetry_b, b"B's position").value == 0
         assert gateway.next_message().payload == b"B's position"  # control
@@ -170,17 +174,14 @@ def test_car_cannot_take_over_the_gateways_session(
     assert not gateway.disconnected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of Mosquitto 2.0's acl_file: subscriptions are never refused, so a car "
-    "can join the gateway's share group and its round-robin turns are dropped by the read check",
-)
 def test_car_cannot_steal_from_the_gateways_share_group(
     broker: MosquittoBroker, gateway: MqttTestClient
 ) -> None:
+    """The dynamic-security plugin refuses the SUBSCRIBE (acl_file alone would grant it, and
+    the gateway would silently lose the thief's round-robin turns of the victim's data)."""
     thief, victim = _car(broker), _car(broker)
     with MqttTestClient(thief) as a, MqttTestClient(victim) as b:
-        a.subscribe(shared_subscription(TopicKind.TELEMETRY))
+        assert _values(a.subscribe(shared_subscription(TopicKind.TELEMETRY))) == [NOT_AUTHORIZED]
         telemetry = vehicle_topic(victim.username, TopicKind.TELEMETRY)
         sent = [f"m{i}".encode() for i in range(6)]
         for payload in sent:

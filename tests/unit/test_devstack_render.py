@@ -19,6 +19,8 @@ VALUES = {
     "persistence_location": "persistence_location /w/data",
     "log_dest": "log_dest stderr",
     "listener": "listener 4242 127.0.0.1",
+    "plugin": "plugin /w/mosquitto_dynamic_security.so",
+    "plugin_opt_config_file": "plugin_opt_config_file /w/dynsec.json",
 }
 
 
