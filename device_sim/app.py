@@ -23,6 +23,7 @@ from device_sim.outbox import OutboxStore
 from device_sim.profiles import load_profile
 from device_sim.settings import SimSettings
 from device_sim.unit import TelematicsUnit, UnitCounters
+from device_sim.verifier import verifier_for
 
 __all__ = ["install_stop_signals", "run_car"]
 
@@ -76,6 +77,7 @@ async def run_car(
             outbox=store.vehicle(vin, max_records=settings.unit.queue_max_records),
             mqtt=settings.mqtt,
             settings=settings.unit,
+            verifier=verifier_for(settings.commands.trusted_keys),
         )
         install_stop_signals(unit.stop)
         _log.info(

@@ -96,10 +96,11 @@ class SimulatedEcus:
         self._bus = bus
         self._encoder = encoder or FrameEncoder(profile)
         # Per message: the wire signals it carries; and what it last carried.
-        self._inputs = [
-            (message, tuple(m for m in profile.mappings if m.message is message))
-            for message in self._encoder.messages
-        ]
+        self._inputs = []
+        for message in self._encoder.messages:
+            mappings = tuple(m for m in profile.mappings if m.message is message)
+            self._inputs.append((message, mappings, tuple(m.wire for m in mappings)))
+        self._last_values: dict[int, tuple[object, ...]] = {}
         self._last_inputs: dict[int, tuple[object, ...]] = {}
         self.requests_seen = 0
         locking, immobilizer = profile.central_locking, profile.immobilizer
@@ -127,26 +128,30 @@ class SimulatedEcus:
         """Send every frame (one period of every periodic message)."""
         for frame in self.frames():
             self._bus.send(frame)
+        self._last_values.clear()
         self._last_inputs.clear()
 
     def send_changed(self) -> int:
         """Send the frames whose content changed since they were last sent; return how many.
 
-        Compares the raw values each message would carry, so a frame is encoded again only
-        when it would differ (fleets call this every second for thousands of cars).
+        Fleets call this every second for thousands of cars, so it is frugal: a message is
+        looked at again only when one of its signals changed, and encoded and sent only when
+        that change shows in its raw (quantised) values.
         """
         state = self.state
         immobilized = state.immobilized
         values: dict[str, WireValue] | None = None
         sent = 0
-        for message, mappings in self._inputs:
-            inputs = (
-                immobilized,
-                *[mapping.wire_to_raw(getattr(state, mapping.wire)) for mapping in mappings],
-            )
-            if self._last_inputs.get(message.frame_id) == inputs:
+        for message, mappings, wires in self._inputs:
+            frame_id = message.frame_id
+            current = (immobilized, *[getattr(state, wire) for wire in wires])
+            if self._last_values.get(frame_id) == current:
                 continue
-            self._last_inputs[message.frame_id] = inputs
+            self._last_values[frame_id] = current
+            raw = (immobilized, *[m.wire_to_raw(getattr(state, m.wire)) for m in mappings])
+            if self._last_inputs.get(frame_id) == raw:
+                continue
+            self._last_inputs[frame_id] = raw
             if values is None:
                 values = state.wire_values()
             self._bus.send(self._encoder.encode(message, values, immobilized=immobilized))
@@ -208,6 +213,7 @@ class SimulatedEcus:
                 self.state.immobilized, applied = False, True
         # An obeyed request is answered even when nothing changed: the status frame confirms.
         if applied:
+            self._last_values.clear()
             self._last_inputs.clear()
         return applied
 

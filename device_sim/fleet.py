@@ -271,6 +271,7 @@ class Fleet:
                     rng=random.Random(f"tgw-faults:{fleet.seed}:{index}"),  # noqa: S311
                 ),
                 rng=random.Random(f"tgw-jitter:{fleet.seed}:{index}"),  # noqa: S311
+                sample_externally=True,  # sampled from the car's own loop: one task per car
             )
             cars.append(SimulatedCar(index, vin, profile, state, behaviour, ecus, unit))
         return cars
@@ -292,12 +293,16 @@ class Fleet:
     async def _drive(car: SimulatedCar) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time()
+        next_step = last
         while True:
             now = loop.time()
-            delay = car.behaviour.advance(now - last)
-            last = now
-            car.ecus.send_changed()
-            await asyncio.sleep(delay)
+            if now >= next_step:
+                next_step = now + car.behaviour.advance(now - last)
+                last = now
+                car.ecus.send_changed()
+            # The unit's frames are decoded by now: its sampling policy runs in this loop too.
+            next_sample = now + car.unit.sample_tick(now)
+            await asyncio.sleep(max(0.0, min(next_step, next_sample) - loop.time()))
 
     async def _connect_watch(self, started: float, result: list[float]) -> None:
         # Wait until every car has connected once (connected is set per session).

@@ -6,9 +6,11 @@ connection, or restarts, therefore finds its backlog where it left it.
 
 One SQLite file may hold the queues of many cars (a fleet in one process shares one
 file and one connection); each car sees its own rows through `VehicleOutbox`.
-Writes are group-committed every `commit_interval_s` (WAL, synchronous=NORMAL): a
-power cut loses at most that window of rows that were not yet acknowledged either.
-The ids of executed commands are committed at once, before the command runs.
+Writes are batched and group-committed every `commit_interval_s` (WAL,
+synchronous=NORMAL): a power cut loses at most that window of rows that were not yet
+acknowledged either. A row acknowledged within that window is never written at all,
+which is what keeps thousands of connected cars cheap. The ids of executed commands are
+committed at once, before the command runs.
 
 When a car's queue is full the oldest rows are dropped; the count and the time of the
 oldest dropped row are kept (persistently) until the car reports them in a
@@ -109,6 +111,10 @@ class OutboxStore:
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
         self._vehicles: dict[str, VehicleOutbox] = {}
+        self._next_id = 1
+        # Write-behind: rows appended but not yet in the file, and ids acknowledged since.
+        self._pending_rows: dict[int, tuple[object, ...]] = {}
+        self._pending_deletes: dict[str, list[int]] = {}
 
     async def __aenter__(self) -> Self:
         self.open()
@@ -137,9 +143,14 @@ class OutboxStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            highest = conn.execute(
+                "SELECT MAX(n) FROM (SELECT MAX(id) AS n FROM outbox UNION ALL "
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox')"
+            ).fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
         self._conn = conn
+        self._next_id = int(highest or 0) + 1
 
     async def aclose(self) -> None:
         """Commit what is pending and close the file."""
@@ -160,13 +171,13 @@ class OutboxStore:
     def close_sync(self) -> None:
         """Commit and close without the event loop (for synchronous users and tests)."""
         self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        if self._conn is not None:
             try:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+                self.commit()
             finally:
-                conn.close()
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
 
     def vehicle(self, vin: str, *, max_records: int) -> VehicleOutbox:
         """The queue of one car (created on first use; the same object afterwards)."""
@@ -207,10 +218,34 @@ class OutboxStore:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox read failed ({self.path}): {exc}") from exc
 
+    def flush(self) -> None:
+        """Write pending rows and deletions to the file (inside the open transaction)."""
+        if self._pending_rows:
+            rows = list(self._pending_rows.values())
+            self._pending_rows.clear()
+            self._write_many(
+                "INSERT INTO outbox (id, vin, kind, boot_id, seq, ts, body, topic, correlation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        if self._pending_deletes:
+            pending, self._pending_deletes = self._pending_deletes, {}
+            for vin, ids in pending.items():
+                deleted = self._write_many(
+                    "DELETE FROM outbox WHERE id = ?", ((record_id,) for record_id in ids)
+                )
+                vehicle = self._vehicles.get(vin)
+                if vehicle is not None and deleted < len(ids):
+                    # Some were gone already (dropped on overflow): they were counted twice.
+                    vehicle._size += len(ids) - deleted
+
     def commit(self) -> None:
-        """Commit now (the committer does this every `commit_interval_s`)."""
+        """Flush and commit now (the committer does this every `commit_interval_s`)."""
         conn = self._conn
-        if conn is not None and conn.in_transaction:
+        if conn is None:
+            return
+        self.flush()
+        if conn.in_transaction:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -232,7 +267,9 @@ class VehicleOutbox:
         self.vin = vin
         self.max_records = max_records
         rows = store._read("SELECT COUNT(*) FROM outbox WHERE vin = ?", (vin,))
-        self._size = int(rows[0][0])
+        self._size = int(rows[0][0]) + sum(
+            1 for row in store._pending_rows.values() if row[1] == vin
+        )
         overflow = store._read(
             "SELECT dropped_total, unreported, oldest_unreported_ts FROM overflow WHERE vin = ?",
             (vin,),
@@ -250,7 +287,8 @@ class VehicleOutbox:
     @property
     def size(self) -> int:
         """Rows waiting (not yet acknowledged by the broker)."""
-        return self._size
+        self._store.flush()
+        return max(0, self._size)
 
     @property
     def unreported_overflow(self) -> int:
@@ -271,32 +309,34 @@ class VehicleOutbox:
         if self._size >= self.max_records:
             self._drop_oldest(max(1, self.max_records // 100))
         store = self._store
-        cursor = store._write(
-            "INSERT INTO outbox (vin, kind, boot_id, seq, ts, body, topic, correlation) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.vin, int(kind), boot_id, seq, ts, body, topic, correlation),
-        )
+        store._db()  # refuse work on a closed store now, not at the next flush
+        record_id = store._next_id
+        store._next_id += 1
+        store._pending_rows[record_id] = (
+            record_id, self.vin, int(kind), boot_id, seq, ts, body, topic, correlation
+        )  # fmt: skip
         self._size += 1
-        record_id = cursor.lastrowid
-        assert record_id is not None
         return OutboxRecord(record_id, kind, boot_id, seq, ts, body, topic, correlation)
 
     def acknowledge(self, record_ids: Sequence[int]) -> None:
         """The broker has these rows: delete them (a row already gone is not an error)."""
         if not record_ids:
             return
-        deleted = self._store._write_many(
-            "DELETE FROM outbox WHERE id = ?", ((record_id,) for record_id in record_ids)
-        )
-        self._size = max(0, self._size - deleted)
+        store = self._store
+        pending = store._pending_rows
+        # Rows still pending are simply never written; the others are deleted at the flush.
+        written = [record_id for record_id in record_ids if pending.pop(record_id, None) is None]
+        if written:
+            store._pending_deletes.setdefault(self.vin, []).extend(written)
+        self._size -= len(record_ids)  # corrected at the flush for rows that were gone
 
     def last_id(self) -> int:
         """The highest row id in the whole store (rows appended later get higher ids)."""
-        rows = self._store._read("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
-        return int(rows[0][0]) if rows else 0
+        return self._store._next_id - 1
 
     def backlog(self, *, after_id: int, before_id: int, limit: int) -> list[OutboxRecord]:
         """Queued rows with after_id < id < before_id, oldest first."""
+        self._store.flush()
         rows = self._store._read(
             "SELECT id, kind, boot_id, seq, ts, body, topic, correlation FROM outbox "
             "WHERE vin = ? AND id > ? AND id < ? ORDER BY id LIMIT ?",
@@ -337,6 +377,7 @@ class VehicleOutbox:
 
     def _drop_oldest(self, count: int) -> None:
         store = self._store
+        store.flush()
         rows = store._read(
             "SELECT id, ts FROM outbox WHERE vin = ? ORDER BY id LIMIT ?", (self.vin, count)
         )

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,7 @@ from schemas.limits import MAX_SAMPLES_PER_MESSAGE
 __all__ = [
     "CONFIG_FILE_ENV",
     "CanSettings",
+    "CommandTrustSettings",
     "FleetSettings",
     "LogSettings",
     "MqttSettings",
@@ -55,6 +56,14 @@ class MqttSettings(_Section):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     max_inflight: int = Field(default=100, ge=1, le=65535)
     tls_ca_file: Path | None = None
+    # A client certificate, for a broker that requires one (`tgw provision` writes them).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    password_fallback: SecretStr | None = Field(
+        default=None,
+        description="The previous password while a rotation is staged: tried when the broker "
+        "refuses `password` (tgw rotate).",
+    )
 
 
 class CanSettings(_Section):
@@ -103,6 +112,23 @@ class FleetSettings(_Section):
     connect_rate_per_s: float = Field(default=500.0, gt=0)
 
 
+class CommandTrustSettings(_Section):
+    """Whose command signatures the car accepts (written by `tgw provision`)."""
+
+    # key id -> raw Ed25519 public key, 64 hex digits. Empty: signatures are NOT checked.
+    trusted_keys: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _hex_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key_id, public_hex in value.items():
+            if not 1 <= len(key_id) <= 64 or not all(c.isalnum() or c in "_.-" for c in key_id):
+                raise ValueError(f"key id {key_id!r}: 1 to 64 of A-Z a-z 0-9 _ . -")
+            if len(public_hex) != 64 or not all(c in "0123456789abcdefABCDEF" for c in public_hex):
+                raise ValueError(f"trusted key {key_id!r} is not 64 hex digits")
+        return value
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool | None = Field(default=None, description="None: JSON unless on a TTY.")
@@ -119,6 +145,7 @@ class SimSettings(BaseSettings):
     can: CanSettings = CanSettings()
     unit: UnitSettings = UnitSettings()
     fleet: FleetSettings = FleetSettings()
+    commands: CommandTrustSettings = CommandTrustSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

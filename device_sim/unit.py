@@ -35,8 +35,6 @@ from typing import Any, Protocol
 
 import can
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from device_sim.canbus import FrameBus
@@ -52,7 +50,7 @@ from device_sim.commands import (
 )
 from device_sim.errors import BrokerError, OutboxError
 from device_sim.ledger import Ledger, NullLedger
-from device_sim.mqtt import InboundMessage, MqttLink, Will, new_properties
+from device_sim.mqtt import InboundMessage, MqttLink, PublishProperties, Will
 from device_sim.outbox import OutboxKind, OutboxRecord, VehicleOutbox
 from device_sim.profiles import SignalProfile
 from device_sim.settings import MqttSettings, UnitSettings
@@ -67,10 +65,18 @@ from schemas.commands import (
 from schemas.events import BacklogOverflowEvent
 from schemas.limits import MAX_PAYLOAD_BYTES
 from schemas.status import StatusMessage, StatusReason
-from schemas.telemetry import TelemetryMessage, TelemetrySample
+from schemas.telemetry import TelemetrySample
 from schemas.topics import TopicError, TopicKind, command_topic, parse_topic, vehicle_topic
+from schemas.vin import parse_vin
 
-__all__ = ["Clock", "SystemClock", "TelematicsUnit", "UnitCounters", "UnitFaults"]
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "TelematicsUnit",
+    "UnitCounters",
+    "UnitFaults",
+    "compose_telemetry",
+]
 
 _log = structlog.get_logger(__name__)
 
@@ -81,6 +87,16 @@ _GOODBYE_S = 5.0
 _MAX_CORRELATION_BYTES = 256
 # Executed command ids are kept a week past their deadline (clock corrections included).
 _COMMAND_MEMORY_MS = 7 * 24 * 3600 * 1000
+
+
+def compose_telemetry(vin: str, boot_id: str, sample_bodies: list[str]) -> str:
+    """A TelemetryMessage's JSON from its samples' JSON (each a TelemetrySample dump).
+
+    Byte for byte what `TelemetryMessage(...).model_dump_json(exclude_none=True)` writes
+    (a unit test holds it to that), without validating and serialising every sample again:
+    the samples were built by the model, and the VIN and boot id are checked at start.
+    """
+    return f'{{"v":1,"vin":"{vin}","boot_id":"{boot_id}","samples":[{",".join(sample_bodies)}]}}'
 
 
 class Clock(Protocol):
@@ -161,6 +177,8 @@ class TelematicsUnit:
         verifier: command signature check; the default checks structure only.
         clock: the car's clock.
         faults: fault injection (fleet).
+        rng: random source of the reconnect jitter (seed it for determinism).
+        sample_externally: the owner calls `sample_tick` (a fleet); no sampler task.
     """
 
     def __init__(
@@ -178,8 +196,9 @@ class TelematicsUnit:
         clock: Clock | None = None,
         faults: UnitFaults | None = None,
         rng: random.Random | None = None,
+        sample_externally: bool = False,
     ) -> None:
-        self.vin = vin
+        self.vin = parse_vin(vin)
         self.profile = profile
         self.boot_id = uuid.uuid4().hex
         self.counters = UnitCounters()
@@ -220,6 +239,9 @@ class TelematicsUnit:
         self._stopping = asyncio.Event()
         self._offline_until = 0.0
         self._busy = False
+        self._sample_externally = sample_externally
+        self._first_values_at: float | None = None
+        self._last_sample_at: float | None = None
         self._inflight = 0  # live messages awaiting their PUBACK
         self._backlog_inflight = 0
         self._backlog_slot = asyncio.Event()
@@ -236,9 +258,12 @@ class TelematicsUnit:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                sampler = tasks.create_task(self._sampling_loop(), name=f"sampler:{self.vin}")
+                sampler = None
+                if not self._sample_externally:
+                    sampler = tasks.create_task(self._sampling_loop(), name=f"sampler:{self.vin}")
                 await self._connection_loop()
-                sampler.cancel()
+                if sampler is not None:
+                    sampler.cancel()
         finally:
             self._tasks = None
             self._bus.remove_listener(self._on_frame)
@@ -264,6 +289,8 @@ class TelematicsUnit:
         now_ms = self._clock.now_ms()
         tracker = self.tracker
         first = not tracker.values
+        if first:
+            self._first_values_at = asyncio.get_running_loop().time()
         was_moving = tracker.moving
         for draft in tracker.apply(decoded, now_ms):
             self._emit_event(draft, now_ms)
@@ -335,28 +362,36 @@ class TelematicsUnit:
         else:
             self._send([item])
 
+    def sample_tick(self, now: float) -> float:
+        """Take a sample if the policy says one is due at loop time `now`.
+
+        Returns the seconds until one may next be due (sooner if the car's state changes).
+        A fleet calls this from each car's own loop instead of running a sampler task per car.
+        """
+        settings = self._settings
+        first = self._first_values_at
+        if first is None:
+            return settings.min_interval_s  # nothing decoded yet
+        if self._last_sample_at is None and now < first + settings.min_interval_s:
+            return first + settings.min_interval_s - now  # let every ECU speak once first
+        tracker = self.tracker
+        interval = settings.driving_interval_s if tracker.moving else settings.parked_interval_s
+        wanted = settings.min_interval_s if tracker.state_changed else interval
+        last = self._last_sample_at
+        if last is not None and now < last + wanted:
+            return last + wanted - now
+        if self.emit_sample():
+            self._last_sample_at = now
+        return settings.driving_interval_s if tracker.moving else settings.parked_interval_s
+
     async def _sampling_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        settings = self._settings
-        last = -float("inf")
         while True:
-            tracker = self.tracker
-            interval = settings.driving_interval_s if tracker.moving else settings.parked_interval_s
-            wanted = settings.min_interval_s if tracker.state_changed else interval
-            timeout = max(0.0, last + wanted - loop.time())
-            if timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._state_wakeup.wait()
-                self._state_wakeup.clear()
-                continue
-            if self.emit_sample():
-                last = loop.time()
-            else:
-                # Nothing decoded yet: wait for the first frames, then a moment for the rest.
-                await self._state_wakeup.wait()
-                self._state_wakeup.clear()
-                await asyncio.sleep(settings.min_interval_s)
+            delay = self.sample_tick(loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._state_wakeup.wait()
+            self._state_wakeup.clear()
 
     # -- MQTT side ----------------------------------------------------------------------------
 
@@ -567,31 +602,32 @@ class TelematicsUnit:
         if batch:
             yield batch
 
-    def _encode(self, batch: list[_Live]) -> tuple[str, str, Properties | None] | None:
+    def _encode(self, batch: list[_Live]) -> tuple[str, str, PublishProperties | None] | None:
         first = batch[0].record
         if first.kind is OutboxKind.EVENT:
             return self._topics[TopicKind.EVENTS], first.body, None
         if first.kind is OutboxKind.RESULT:
             properties = None
             if first.correlation is not None:
-                properties = new_properties(PacketTypes.PUBLISH)
-                properties.CorrelationData = first.correlation
+                properties = PublishProperties(correlation_data=first.correlation)
             return first.topic or self._topics[TopicKind.COMMAND_RESULTS], first.body, properties
-        samples = []
+        bodies = []
         for item in batch:
-            if item.model is not None:
-                samples.append(item.model)
-                continue
-            try:
-                samples.append(TelemetrySample.model_validate_json(item.record.body))
-            except ValidationError:
-                # A row damaged on disk: it cannot be sent, and must not block the queue.
-                self.counters.corrupt_rows += 1
-                self._log.warning("outbox_row_corrupt", record_id=item.record.id)
-        if not samples:
+            if item.model is None:
+                try:
+                    # Rows from disk are checked before they go out; live rows were built
+                    # by the model a moment ago.
+                    TelemetrySample.model_validate_json(item.record.body)
+                except ValidationError:
+                    # A row damaged on disk: it cannot be sent, and must not block the queue.
+                    self.counters.corrupt_rows += 1
+                    self._log.warning("outbox_row_corrupt", record_id=item.record.id)
+                    continue
+            bodies.append(item.record.body)
+        if not bodies:
             return None
-        message = TelemetryMessage(v=1, vin=self.vin, boot_id=first.boot_id, samples=tuple(samples))
-        return self._topics[TopicKind.TELEMETRY], message.model_dump_json(exclude_none=True), None
+        payload = compose_telemetry(self.vin, first.boot_id, bodies)
+        return self._topics[TopicKind.TELEMETRY], payload, None
 
     def _send(self, batch: list[_Live], *, backlog: bool = False) -> bool:
         """Publish one message for `batch`; False if the connection is gone (rows stay queued)."""
@@ -655,7 +691,7 @@ class TelematicsUnit:
                 self._ledger.record(self.vin, record.boot_id, record.seq, kind, record.ts)
 
     def _inject_faults(
-        self, link: MqttLink, topic: str, payload: str, properties: Properties | None
+        self, link: MqttLink, topic: str, payload: str, properties: PublishProperties | None
     ) -> None:
         faults = self._faults
         if faults.duplicate_share and faults.rng.random() < faults.duplicate_share:

@@ -134,3 +134,19 @@ def test_an_unusable_path_is_an_outbox_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutboxError, match="cannot open"):
         OutboxStore(tmp_path / "file" / "queue.sqlite").open()
+
+
+def test_rows_acknowledged_before_the_commit_never_reach_the_file(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    outbox = store.vehicle(VIN, max_records=100)
+    fast = _append(store, VIN, 0)
+    slow = _append(store, VIN, 1)
+    outbox.acknowledge([fast])
+    store.commit()
+    rows = store._read("SELECT id FROM outbox")
+    assert rows == [(slow,)]
+    outbox.acknowledge([slow])
+    store.commit()
+    assert store._read("SELECT id FROM outbox") == []
+    assert outbox.size == 0
+    store.close_sync()
