@@ -22,12 +22,13 @@ from gateway.api.server import EmbeddedHttpServer
 from gateway.commands import CommandSystem
 from gateway.config import Settings
 from gateway.errors import StorageError
-from gateway.ingest.maintenance import run_maintenance
+from gateway.fleet import FleetFeed, FleetStore
+from gateway.ingest.maintenance import last_seen_resolution_s, run_maintenance
 from gateway.ingest.metrics import IngestMetrics
 from gateway.ingest.mqtt_source import MqttIngestSource
 from gateway.ingest.pipeline import IngestPipeline
 from gateway.ingest.writer import BatchWriter
-from gateway.storage import detect_storage_mode, log_storage_mode
+from gateway.storage import StorageInfo, detect_storage_mode, log_storage_mode
 from schemas import TopicKind
 
 __all__ = ["run_gateway"]
@@ -99,21 +100,24 @@ async def run_gateway(
     except PoolTimeout as exc:
         await pool.close()
         raise StorageError(
-            "cannot reach the database: check TGW_DATABASE__DSN and that PostgreSQL is up "
-            f"({exc})"
+            f"cannot reach the database: check TGW_DATABASE__DSN and that PostgreSQL is up ({exc})"
         ) from exc
     async with pool:
-        await _log_storage(pool, database.storage_mode)
+        storage = await _log_storage(pool, database.storage_mode)
         # Built before the broker session: command results arrive on that same connection.
         commands = CommandSystem(settings, pool, metrics.registry)
         async with MqttIngestSource(settings.mqtt, INGEST_KINDS, routes=commands.routes) as source:
-            pipeline = IngestPipeline(source, BatchWriter(pool), settings.ingest, metrics)
+            resolution_s = last_seen_resolution_s(settings.ingest.stale_after_s)
+            writer = BatchWriter(pool, last_seen_resolution_s=resolution_s)
+            pipeline = IngestPipeline(source, writer, settings.ingest, metrics)
             health = HealthProbe(pool, _IngestProgress(source, pipeline))
+            fleet = FleetFeed(FleetStore(pool, storage.mode))
             app = create_app(
                 health,
                 metrics.registry,
                 authenticator=commands.authenticator,
                 commands=commands.service,
+                fleet=(fleet.store, fleet),
             )
             http = EmbeddedHttpServer(app, settings.http.host, settings.http.port)
             async with asyncio.TaskGroup() as tasks:
@@ -121,9 +125,11 @@ async def run_gateway(
                 helpers = [
                     tasks.create_task(http.serve(), name="http"),
                     tasks.create_task(
-                        run_maintenance(pool, settings.ingest.stale_after_s), name="maintenance"
+                        run_maintenance(pool, settings.ingest.stale_after_s, resolution_s),
+                        name="maintenance",
                     ),
                     tasks.create_task(_watch_broker(source, metrics), name="broker-watch"),
+                    tasks.create_task(fleet.run(), name="fleet-feed"),
                 ]
                 helpers += commands.start(tasks, broker=source)
                 log.info(
@@ -143,19 +149,21 @@ async def run_gateway(
                     log.warning("gateway.flush_timeout", timeout_s=SHUTDOWN_TIMEOUT_S)
                     ingest.cancel()
                 commands.close_streams()
+                fleet.close()
                 http.stop()
                 for task in helpers[1:]:
                     task.cancel()
     log.info("gateway.stopped")
 
 
-async def _log_storage(pool: AsyncConnectionPool[Any], setting: Any) -> None:
+async def _log_storage(pool: AsyncConnectionPool[Any], setting: Any) -> StorageInfo:
     async with pool.connection() as conn:
         try:
             info = await detect_storage_mode(conn, setting)
         except psycopg.Error as exc:
             raise StorageError(f"cannot read the storage mode: {exc}") from exc
     log_storage_mode(info)
+    return info
 
 
 async def _watch_broker(source: MqttIngestSource, metrics: IngestMetrics) -> None:

@@ -8,9 +8,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.api.auth import Authenticator
 from gateway.api.commands import commands_router
+from gateway.api.console import install_console
+from gateway.api.fleet import fleet_router
 from gateway.api.health import HealthProbe
 from gateway.api.problems import install_problem_handlers
 from gateway.commands import CommandService
+from gateway.fleet import FleetFeed, FleetStore
 
 __all__ = ["create_app"]
 
@@ -21,6 +24,7 @@ def create_app(
     *,
     authenticator: Authenticator | None = None,
     commands: CommandService | None = None,
+    fleet: tuple[FleetStore, FleetFeed] | None = None,
 ) -> FastAPI:
     """Build the HTTP application around the running gateway's parts.
 
@@ -29,6 +33,8 @@ def create_app(
         registry: the process's Prometheus metrics.
         authenticator: checks bearer tokens (required by every `/v1` route that needs a role).
         commands: the command system; its routes are mounted when given.
+        fleet: the fleet's store and live feed; the fleet routes and the web console are
+            mounted when given.
     """
     app = FastAPI(title="tgw gateway", version="1", openapi_url="/v1/openapi.json")
     install_problem_handlers(app)
@@ -36,6 +42,10 @@ def create_app(
     if commands is not None:
         assert authenticator is not None, "the command routes need an authenticator"
         app.include_router(commands_router(commands))
+    if fleet is not None:
+        assert authenticator is not None, "the fleet routes need an authenticator"
+        app.include_router(fleet_router(*fleet))
+        install_console(app)
 
     @app.get("/health", summary="Broker, database and ingest progress")
     async def get_health() -> JSONResponse:
