@@ -29,6 +29,7 @@ from schemas.limits import (
 from schemas.topics import GATEWAY_SHARE_GROUP
 
 __all__ = [
+    "BrokerSettings",
     "CommandSettings",
     "CommandTtls",
     "DatabaseSettings",
@@ -72,6 +73,44 @@ class MqttSettings(_Section):
     def _refuse_weak_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().lower() in _WEAK_PASSWORDS:
             raise ValueError("the broker password is a well-known default; set a real one")
+        return value
+
+
+class BrokerSettings(_Section):
+    """The broker's account files and how it reloads them: what `tgw provision` changes.
+
+    Cars get a password in `password_file` and a client in Mosquitto's dynamic-security plugin
+    (role `car_role`: subscribe ACLs), over `$CONTROL` as `admin_username` (docs/security.md).
+    """
+
+    password_file: Path = Path("/etc/mosquitto/tgw/passwd")
+    acl_file: Path | None = Path("/etc/mosquitto/tgw/acl")
+    # pid_file: SIGHUP the pid in `pid_file`; command: run `reload_command`; none: print a hint.
+    reload: Literal["pid_file", "command", "none"] = "pid_file"
+    pid_file: Path = Path("/run/mosquitto/mosquitto.pid")
+    reload_command: tuple[str, ...] = ()
+    reload_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    # Connects where the gateway does (the `mqtt` section's host, port and TLS).
+    admin_username: str = "tgw-provisioner"
+    admin_password: SecretStr | None = None
+    probe_username: str = "tgw-provision-probe"
+    car_role: str = "tgw-car"
+    # What a car's configuration names: its broker address (default: the `mqtt` section's) and
+    # the CA it verifies the broker with (TLS when set).
+    car_host: str | None = None
+    car_port: int | None = Field(default=None, ge=1, le=65535)
+    car_tls_ca_file: Path | None = None
+    # Client certificates for cars, signed by this CA (`tgw pki init`); off: passwords only.
+    client_certificates: bool = False
+    ca_cert_file: Path | None = None
+    ca_key_file: Path | None = None
+    car_cert_days: int = Field(default=397, ge=1, le=3650)
+
+    @field_validator("admin_password")
+    @classmethod
+    def _refuse_weak_admin_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().lower() in _WEAK_PASSWORDS:
+            raise ValueError("the broker admin password is a well-known default; set a real one")
         return value
 
 
@@ -180,6 +219,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     http: HttpSettings = HttpSettings()
     commands: CommandSettings = CommandSettings()
+    broker: BrokerSettings = BrokerSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
