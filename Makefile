@@ -2,7 +2,7 @@
 #
 # Environment understood here and by scripts/setup.sh:
 #   TGW_ALLOW_NO_TIMESCALEDB=1  accept a machine where TimescaleDB could not be built (plain PostgreSQL only)
-#   TGW_SETUP_BROWSER=1         also install chromium + chromium-driver
+#   TGW_SETUP_BROWSER=0         skip chromium + chromium-driver (installed by default: tests/e2e needs them)
 #   PYTEST_ARGS=...             extra pytest arguments for both passes (e.g. PYTEST_ARGS=-x)
 # The test passes set TGW_TEST_STORAGE (timescaledb | postgres), which the integration fixtures read.
 
@@ -30,7 +30,7 @@ endef
 
 help:
 	@echo "make test          set up what is missing, then ruff, mypy, pytest (TimescaleDB, then plain PostgreSQL)"
-	@echo "make demo          set up, then start the demo (.venv/bin/tgw dev up)"
+	@echo "make demo          set up, then run everything: broker, database, gateway, 200 cars, console"
 	@echo "make setup         Debian packages, TimescaleDB from trixie source, .venv (idempotent)"
 	@echo "make lint          ruff check + mypy --strict (needs .venv: make setup)"
 	@echo "make bench-ingest  set up, then the ingest benchmark"
@@ -59,7 +59,7 @@ test: setup
 	@echo "make: test passed"
 
 demo: setup
-	$(BIN)/tgw dev up $(DEMO_ARGS)
+	$(BIN)/tgw demo $(DEMO_ARGS)
 
 bench-ingest: setup
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)

@@ -346,8 +346,6 @@ AREAS: list[tuple[str, str, list[LatLon]]] = [
 
 LABELS: list[tuple[str, str, LatLon]] = [
     ("Marienplatz", "place", (48.1374, 11.5755)),
-    ("Hauptbahnhof", "place", (48.1402, 11.5600)),
-    ("Altstadt", "district", (48.1395, 11.5760)),
     ("Maxvorstadt", "district", (48.1500, 11.5700)),
     ("Schwabing", "district", (48.1650, 11.5800)),
     ("Haidhausen", "district", (48.1300, 11.6000)),

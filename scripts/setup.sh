@@ -4,7 +4,7 @@
 # second run takes seconds. Never starts, stops or configures the machine's own PostgreSQL or Mosquitto.
 #
 # Environment:
-#   TGW_SETUP_BROWSER=1          also install chromium and chromium-driver (browser tests of the console)
+#   TGW_SETUP_BROWSER=0          skip chromium and chromium-driver (default 1: the console's browser tests need them)
 #   TGW_ALLOW_NO_TIMESCALEDB=1   carry on (plain PostgreSQL only) when TimescaleDB cannot be built
 #   TGW_SKIP_TIMESCALEDB=1       do not try to build TimescaleDB at all (implies the above)
 set -euo pipefail
@@ -109,9 +109,10 @@ ensure_packages() {
     say "Debian packages installed in $((SECONDS - t)) s"
 }
 
-# Browser for the console's end-to-end tests; only when asked for (TGW_SETUP_BROWSER=1).
+# Browser for the console's end-to-end tests (tests/e2e); TGW_SETUP_BROWSER=0 leaves it out.
+# Playwright drives this Debian Chromium: Playwright's own browser download is never used.
 browser_packages() {
-    if [[ ${TGW_SETUP_BROWSER:-0} == 1 ]]; then
+    if [[ ${TGW_SETUP_BROWSER:-1} == 1 ]]; then
         printf '%s\n' "${BROWSER_PACKAGES[@]}"
     fi
 }

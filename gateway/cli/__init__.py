@@ -11,7 +11,19 @@ from importlib.metadata import entry_points
 
 import typer
 
-from gateway.cli import commands_cmd, db, dev, gateway_cmd, keys_cmd, schemas_cmd, token_cmd
+from gateway.cli import (
+    commands_cmd,
+    db,
+    demo,
+    dev,
+    fleet_cmd,
+    gateway_cmd,
+    keys_cmd,
+    pki_cmd,
+    provision_cmd,
+    schemas_cmd,
+    token_cmd,
+)
 from gateway.errors import GatewayError
 
 __all__ = ["app", "main"]
@@ -29,7 +41,11 @@ app.add_typer(dev.app, name="dev", help="Private broker and database for the dem
 app.add_typer(schemas_cmd.app, name="schemas", help="Protocol v1 contract: JSON Schema export.")
 app.add_typer(token_cmd.app, name="token", help="API tokens with a role: create, list, revoke.")
 app.add_typer(keys_cmd.app, name="keys", help="Command-signing keys (Ed25519).")
+app.add_typer(pki_cmd.app, name="pki", help="The project's CA: broker TLS, client certificates.")
 commands_cmd.register(app)  # tgw lock VIN, tgw unlock VIN, ... and tgw commands show ID
+provision_cmd.register(app)  # tgw provision / deprovision / rotate VIN
+fleet_cmd.register(app)  # tgw vehicles, tgw vehicle VIN, tgw watch
+app.command("demo")(demo.demo)  # the whole product on this machine (make demo)
 
 
 def _mount_plugins() -> None:

@@ -14,7 +14,8 @@ import os
 import signal
 import threading
 import tomllib
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,7 +35,7 @@ from gateway.devstack.postgres import random_password
 from gateway.errors import DevStackError
 from gateway.logconfig import configure_logging
 
-__all__ = ["app"]
+__all__ = ["DevStack", "app", "dev_stack", "storage_choice", "wait_for_stop"]
 
 app = typer.Typer(
     help="Private development services (broker and database) for the demo.",
@@ -125,7 +126,7 @@ def _check_port(port: int, option: str) -> None:
         )
 
 
-def _wait_for_stop(broker: MosquittoBroker) -> None:
+def wait_for_stop(broker: MosquittoBroker) -> None:
     """Block until Ctrl-C or SIGTERM; fail if the broker dies meanwhile."""
     stop = threading.Event()
 
@@ -143,22 +144,32 @@ def _wait_for_stop(broker: MosquittoBroker) -> None:
             signal.signal(sig, handler)
 
 
-@app.command()
-def up(
-    state_dir: Annotated[
-        Path, typer.Option("--dir", help="Where broker and database keep their files.")
-    ] = _default_state_dir(),  # noqa: B008 - typer reads defaults once, at definition
-    mqtt_port: Annotated[int, typer.Option(help="MQTT port on 127.0.0.1.")] = DEFAULT_MQTT_PORT,
-    pg_port: Annotated[int, typer.Option(help="PostgreSQL port on 127.0.0.1.")] = DEFAULT_PG_PORT,
-    storage: Annotated[
-        str, typer.Option(help="auto (TimescaleDB when installed), timescaledb or postgres.")
-    ] = "auto",
-) -> None:
-    """Start the demo's broker and database, migrate, say what runs where; Ctrl-C stops all."""
-    if storage not in ("auto", "timescaledb", "postgres"):
-        raise typer.BadParameter("use auto, timescaledb or postgres", param_hint="--storage")
-    mode: StorageChoice = storage  # type: ignore[assignment]  # checked just above
-    configure_logging("WARNING")
+@dataclass(frozen=True, slots=True)
+class DevStack:
+    """The running broker and database of `dev_stack`, and where their files are."""
+
+    state_dir: Path
+    broker: MosquittoBroker
+    pg: PostgresServer
+    dsn: str
+    credentials: Path
+    applied: list[str]
+
+
+@contextmanager
+def dev_stack(
+    state_dir: Path,
+    *,
+    mqtt_port: int = DEFAULT_MQTT_PORT,
+    pg_port: int = DEFAULT_PG_PORT,
+    storage: StorageChoice = "auto",
+) -> Iterator[DevStack]:
+    """Start Mosquitto and PostgreSQL in `state_dir`, migrate, write credentials.toml; stop both
+    (PostgreSQL first, then Mosquitto) when the block ends. Shared by `tgw dev up` and `tgw demo`.
+
+    Raises:
+        DevStackError: a port is taken, the saved state is inconsistent, or a service fails.
+    """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     credentials = state_dir / "credentials.toml"
@@ -182,7 +193,7 @@ def up(
         pg = PostgresServer(
             pg_dir,
             pg_port,
-            timescaledb={"auto": None, "timescaledb": True, "postgres": False}[mode],
+            timescaledb={"auto": None, "timescaledb": True, "postgres": False}[storage],
             password=saved.pg_password or random_password(),
         )
         if pg.running:
@@ -192,10 +203,35 @@ def up(
         if not pg.database_exists(DATABASE):
             pg.create_database(DATABASE)
         dsn = pg.dsn(DATABASE)
-        _write_credentials(credentials, broker, dsn, mode)
-        applied = _migrate(dsn, mode)
-        _print_summary(state_dir, broker, pg, dsn, applied)
-        _wait_for_stop(broker)
+        _write_credentials(credentials, broker, dsn, storage)
+        applied = _migrate(dsn, storage)
+        yield DevStack(state_dir, broker, pg, dsn, credentials, applied)
+
+
+def storage_choice(storage: str) -> StorageChoice:
+    """The --storage option, checked."""
+    if storage not in ("auto", "timescaledb", "postgres"):
+        raise typer.BadParameter("use auto, timescaledb or postgres", param_hint="--storage")
+    return storage  # type: ignore[return-value]  # checked just above
+
+
+@app.command()
+def up(
+    state_dir: Annotated[
+        Path, typer.Option("--dir", help="Where broker and database keep their files.")
+    ] = _default_state_dir(),  # noqa: B008 - typer reads defaults once, at definition
+    mqtt_port: Annotated[int, typer.Option(help="MQTT port on 127.0.0.1.")] = DEFAULT_MQTT_PORT,
+    pg_port: Annotated[int, typer.Option(help="PostgreSQL port on 127.0.0.1.")] = DEFAULT_PG_PORT,
+    storage: Annotated[
+        str, typer.Option(help="auto (TimescaleDB when installed), timescaledb or postgres.")
+    ] = "auto",
+) -> None:
+    """Start the demo's broker and database, migrate, say what runs where; Ctrl-C stops all."""
+    mode = storage_choice(storage)
+    configure_logging("WARNING")
+    with dev_stack(state_dir, mqtt_port=mqtt_port, pg_port=pg_port, storage=mode) as stack:
+        _print_summary(stack.state_dir, stack.broker, stack.pg, stack.dsn, stack.applied)
+        wait_for_stop(stack.broker)
         typer.echo("\ntgw dev: stopping PostgreSQL, then Mosquitto ...")
     typer.echo("tgw dev: stopped.")
 

@@ -195,11 +195,26 @@ function start() {
   const setLive = (on) => $("live").classList.toggle("on", on);
   state.streams.push(
     state.api.stream("/v1/fleet/stream", {
-      snapshot: (data) => { state.fields = data.fields; state.lastServerTime = data.server_time; applyRows(data.rows, true); },
+      snapshot: (data) => {
+        state.fields = data.fields;
+        state.lastServerTime = data.server_time;
+        applyRows(data.rows, true);
+        fitOnce();
+      },
       changes: (data) => { state.lastServerTime = data.server_time; applyRows(data.rows, false); },
     }, setLive),
     state.api.stream("/v1/commands/events", { transition: onCommandEvent }),
   );
+}
+
+let fitted = false;
+function fitOnce() {
+  // The first time cars arrive, show them all (the fleet may not be where the map starts).
+  if (fitted) return;
+  const points = [...state.cars.values()].filter((car) => car.lat != null).map((car) => [car.lat, car.lon]);
+  if (!points.length) return;
+  fitted = true;
+  map.fitBounds(L.latLngBounds(points).pad(0.05), { maxZoom: 14, animate: false });
 }
 
 // ---------------------------------------------------------------- list, stats, alerts
@@ -275,12 +290,13 @@ function short(alert) {
 function describe(car) {
   if (!car.online) return `offline · seen ${ago(car.last_seen)}`;
   if ((car.speed || 0) > 1) return `driving ${Math.round(car.speed)} km/h`;
+  if (car.ignition) return "ignition on, standing";
   return car.locked === false ? "parked, unlocked" : car.locked ? "parked, locked" : "parked";
 }
 
 function energyText(car) {
-  if (car.soc != null && car.fuel == null) return `⚡${Math.round(car.soc)}%`;
-  return car.fuel != null ? `⛽${Math.round(car.fuel)}%` : "";
+  if (car.soc != null && car.fuel == null) return `charge ${Math.round(car.soc)}%`;
+  return car.fuel != null ? `fuel ${Math.round(car.fuel)}%` : "";
 }
 
 function renderStats() {
@@ -463,6 +479,9 @@ function renderVehicle() {
   const canCommand = state.me && state.me.role !== "viewer";
   const busy = state.command && state.command.vin === vin && !FINAL.has(state.command.status);
   const capabilities = details.capabilities || ["lock", "unlock"];
+  // The action that changes the car's state is the prominent one.
+  $("btn-unlock").classList.toggle("primary", car.locked !== false);
+  $("btn-lock").classList.toggle("primary", car.locked === false);
   $("btn-lock").disabled = !canCommand || busy || !capabilities.includes("lock");
   $("btn-unlock").disabled = !canCommand || busy || !capabilities.includes("unlock");
   $("v-readonly").hidden = canCommand;
@@ -495,7 +514,10 @@ async function sendCommand(action) {
     state.command.id = record.command_id;
     state.command.record = record;
     applyCommandStatus(record.status, record);
-    for (const event of state.recentEvents.get(record.command_id) || []) onCommandEvent(event);
+    // Events that overtook this answer on the live stream (a copy: the stream keeps adding).
+    for (const event of [...(state.recentEvents.get(record.command_id) || [])]) {
+      applyCommandStatus(event.status, event);
+    }
     watchCommand(record.command_id);
   } catch (error) {
     state.command.status = "refused";
