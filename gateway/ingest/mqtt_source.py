@@ -177,11 +177,15 @@ class MqttIngestSource:
         log.info("mqtt.closed", undelivered=len(self._buffer))
 
     async def receive(self, max_messages: int, max_delay_s: float) -> list[InboundMessage]:
-        """Wait for at least one message, then up to `max_delay_s` to fill a batch."""
+        """Wait for at least one message, then for a full batch, but let no message wait
+        longer than `max_delay_s` since it arrived (those that came in while the previous
+        batch was being written have waited already)."""
         if not self._buffer:
             await self._wait_for(1, None)
         if len(self._buffer) < max_messages:
-            await self._wait_for(max_messages, max_delay_s)
+            waited_s = time.time() - self._buffer[0].received_at_ms / 1000
+            if waited_s < max_delay_s:
+                await self._wait_for(max_messages, max_delay_s - waited_s)
         return self._take(max_messages)
 
     async def _wait_for(self, count: int, timeout_s: float | None) -> None:
