@@ -1,0 +1,1 @@
+"""Benchmarks of tgw on this machine (`python -m bench.ingest`); see docs/benchmarks.md."""
