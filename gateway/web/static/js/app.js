@@ -115,6 +115,7 @@ function initMap() {
   fleetLayer = new FleetLayer();
   fleetLayer.addTo(map);
   fleetLayer.onSelect(select);
+  state.layer = fleetLayer;
   const legend = L.control({ position: "bottomleft" });
   legend.onAdd = () => {
     const box = el("div", "legend");
@@ -201,7 +202,11 @@ function start() {
         applyRows(data.rows, true);
         fitOnce();
       },
-      changes: (data) => { state.lastServerTime = data.server_time; applyRows(data.rows, false); },
+      changes: (data) => {
+        state.lastServerTime = data.server_time;
+        applyRows(data.rows, false);
+        fitOnce();
+      },
     }, setLive),
     state.api.stream("/v1/commands/events", { transition: onCommandEvent }),
   );

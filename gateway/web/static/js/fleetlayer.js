@@ -69,6 +69,8 @@ export function createFleetLayer(L) {
     },
 
     clear() { this._cars.clear(); this.redraw(); },
+    // How many cars the last frame drew (tests and diagnostics).
+    drawnCount() { return this._hits.vins.length; },
     select(vin) { this._selected = vin; this.redraw(); },
     filter(predicate) { this._visible = predicate; this.redraw(); },
     onSelect(callback) { this._onSelectCallback = callback; },
