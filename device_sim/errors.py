@@ -6,6 +6,7 @@ DeviceError
  +-- CanBusError                the CAN interface could not be opened or written
  +-- OutboxError                the on-disk store-and-forward queue failed
  +-- BrokerError                the MQTT broker refused the unit or is unreachable
+      +-- CredentialsRefusedError  it refused the unit's password or certificate
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "CanBusError",
+    "CredentialsRefusedError",
     "DeviceConfigurationError",
     "DeviceError",
     "OutboxError",
@@ -42,3 +44,7 @@ class OutboxError(DeviceError):
 
 class BrokerError(DeviceError):
     """The MQTT broker refused the connection or could not be reached."""
+
+
+class CredentialsRefusedError(BrokerError):
+    """The broker refused the unit's credentials (CONNACK 0x86 or 0x87)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
-from device_sim.errors import BrokerError
+from device_sim.errors import BrokerError, CredentialsRefusedError, DeviceConfigurationError
 
 __all__ = [
     "AckCallback",
@@ -319,6 +319,8 @@ class MqttLink:
         timeout_s: float = 10.0,
         max_inflight: int = 100,
         tls_ca_file: Path | None = None,
+        tls_cert_file: Path | None = None,
+        tls_key_file: Path | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._client_id, self._username, self._password = client_id, username, password
@@ -330,6 +332,7 @@ class MqttLink:
         self._timeout_s = timeout_s
         self._max_inflight = max_inflight
         self._tls_ca_file = tls_ca_file
+        self._tls_cert = (tls_cert_file, tls_key_file)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._connack: asyncio.Future[None] = self._loop.create_future()
@@ -350,9 +353,7 @@ class MqttLink:
             raise BrokerError("an MqttLink connects once; make a new one to reconnect")
         self._entered = True
         where = f"{self._host}:{self._port}"
-        context = (
-            ssl.create_default_context(cafile=str(self._tls_ca_file)) if self._tls_ca_file else None
-        )
+        context = self._tls_context()
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._loop.create_connection(
@@ -375,6 +376,18 @@ class MqttLink:
             raise
         _Housekeeper.for_loop(self._loop).add(self)
         return self
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self._tls_ca_file is None:
+            return None
+        cert, key = self._tls_cert
+        try:
+            context = ssl.create_default_context(cafile=str(self._tls_ca_file))
+            if cert is not None:  # a client certificate, for a broker that requires one
+                context.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise DeviceConfigurationError(f"cannot load the unit's TLS files: {exc}") from exc
+        return context
 
     async def __aexit__(
         self,
@@ -603,8 +616,9 @@ class MqttLink:
             return
         code = body[1]
         if code >= 0x80:
+            refused = CredentialsRefusedError if code in (0x86, 0x87) else BrokerError
             self._connack.set_exception(
-                BrokerError(f"the broker refused the connection: {_reason(code)}")
+                refused(f"the broker refused the connection: {_reason(code)}")
             )
             return
         properties, _ = decode_properties(body, 2) if len(body) > 2 else ({}, 2)

@@ -48,7 +48,7 @@ from device_sim.commands import (
     UnreadableCommand,
     parse_command,
 )
-from device_sim.errors import BrokerError, OutboxError
+from device_sim.errors import BrokerError, CredentialsRefusedError, OutboxError
 from device_sim.ledger import Ledger, NullLedger
 from device_sim.mqtt import InboundMessage, MqttLink, PublishProperties, Will
 from device_sim.outbox import OutboxKind, OutboxRecord, VehicleOutbox
@@ -203,7 +203,11 @@ class TelematicsUnit:
         self.boot_id = uuid.uuid4().hex
         self.counters = UnitCounters()
         self.connected = asyncio.Event()
-        self._password = password
+        # During a staged rotation (tgw rotate) the new password first, the old one second: the
+        # unit switches when the broker refuses one, so it is never locked out.
+        fallback = mqtt.password_fallback.get_secret_value() if mqtt.password_fallback else None
+        self._passwords = [password] if fallback is None else [password, fallback]
+        self._password_index = 0
         self._bus = bus
         self._outbox = outbox
         self._mqtt = mqtt
@@ -407,6 +411,13 @@ class TelematicsUnit:
             try:
                 await self._run_session()
                 backoff = mqtt.reconnect_initial_s
+            except CredentialsRefusedError as exc:
+                self.counters.connect_failures += 1
+                if len(self._passwords) > 1:
+                    self._password_index = (self._password_index + 1) % len(self._passwords)
+                    self._log.warning("credentials_refused_trying_other", error=str(exc))
+                else:
+                    self._log.error("credentials_refused", error=str(exc))
             except BrokerError as exc:
                 self.counters.connect_failures += 1
                 self._log.info("broker_unavailable", error=str(exc), retry_in_s=round(backoff, 2))
@@ -440,7 +451,7 @@ class TelematicsUnit:
             port=mqtt.port,
             client_id=self.vin,
             username=self.vin,
-            password=self._password,
+            password=self._passwords[self._password_index],
             on_message=self._on_inbound,
             will=Will(
                 self._topics[TopicKind.STATUS],
@@ -453,6 +464,8 @@ class TelematicsUnit:
             timeout_s=mqtt.timeout_s,
             max_inflight=mqtt.max_inflight,
             tls_ca_file=mqtt.tls_ca_file,
+            tls_cert_file=mqtt.tls_cert_file,
+            tls_key_file=mqtt.tls_key_file,
         )
 
     async def _run_session(self) -> None:

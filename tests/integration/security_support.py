@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from pydantic import SecretStr
 
+from device_sim.canbus import PythonCanBus
+from device_sim.ecu import SimulatedEcus, VehicleState
+from device_sim.outbox import OutboxStore
+from device_sim.profiles import load_profile
+from device_sim.settings import CONFIG_FILE_ENV, SimSettings, UnitSettings
+from device_sim.unit import TelematicsUnit
+from device_sim.verifier import verifier_for
 from gateway.commands.signing import KeyPairFiles, create_key_pair
 from gateway.config import BrokerSettings, CommandSettings, DatabaseSettings, MqttSettings, Settings
 from gateway.devstack import BrokerAccount, MosquittoBroker
@@ -87,3 +99,83 @@ async def vehicle_model(dsn: str, vin: str) -> str | None:
         cur = await conn.execute("SELECT model FROM vehicles WHERE vin = %s", (vin,))
         row = await cur.fetchone()
         return None if row is None else str(row[0])
+
+
+def load_car_settings(config_path: Path) -> SimSettings:
+    """device_sim's settings exactly as the in-car unit reads its provisioned file."""
+    previous = os.environ.get(CONFIG_FILE_ENV)
+    os.environ[CONFIG_FILE_ENV] = str(config_path)
+    try:
+        return SimSettings()
+    finally:
+        if previous is None:
+            del os.environ[CONFIG_FILE_ENV]
+        else:
+            os.environ[CONFIG_FILE_ENV] = previous
+
+
+@dataclass
+class ProvisionedCar:
+    vin: str
+    settings: SimSettings
+    state: VehicleState
+    unit: TelematicsUnit
+
+
+@contextlib.asynccontextmanager
+async def provisioned_car(
+    config_path: Path,
+    vin: str,
+    queue_dir: Path,
+    *,
+    state: VehicleState | None = None,
+    wait_connected: bool = True,
+) -> AsyncIterator[ProvisionedCar]:
+    """device_sim's unit configured by its provisioned file (broker, password(s), TLS, trusted
+    keys, profile), with simulated ECUs on a back-to-back virtual CAN bus."""
+    settings = load_car_settings(config_path)
+    mqtt = settings.mqtt.model_copy(
+        update={"reconnect_initial_s": 0.1, "reconnect_max_s": 0.5, "timeout_s": 5.0}
+    )
+    profile = load_profile(settings.unit.profile)
+    unit_settings = UnitSettings(
+        profile=settings.unit.profile,
+        parked_interval_s=0.5,
+        driving_interval_s=0.2,
+        min_interval_s=0.1,
+        confirm_timeout_s=2.0,
+    )
+    channel = f"sec-{vin}-{uuid.uuid4().hex[:6]}"
+    state = state or VehicleState(locked=True)
+    password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else None
+    async with (
+        OutboxStore(queue_dir / f"{vin}.sqlite") as store,
+        PythonCanBus("virtual", channel) as ecu_bus,
+        PythonCanBus("virtual", channel) as unit_bus,
+    ):
+        ecus = SimulatedEcus(profile, state, ecu_bus)
+        unit = TelematicsUnit(
+            vin=vin,
+            password=password,
+            profile=profile,
+            bus=unit_bus,
+            outbox=store.vehicle(vin, max_records=unit_settings.queue_max_records),
+            mqtt=mqtt,
+            settings=unit_settings,
+            verifier=verifier_for(settings.commands.trusted_keys),
+        )
+        periodic = asyncio.create_task(ecus.run_periodic(), name=f"ecus:{vin}")
+        run = asyncio.create_task(unit.run(), name=f"unit:{vin}")
+        try:
+            if wait_connected:
+                await asyncio.wait_for(unit.connected.wait(), WAIT_S)
+            yield ProvisionedCar(vin, settings, state, unit)
+        finally:
+            unit.stop()
+            try:
+                await asyncio.wait_for(run, WAIT_S)
+            finally:
+                periodic.cancel()
+                ecus.close()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await periodic
