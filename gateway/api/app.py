@@ -11,7 +11,9 @@ from gateway.api.commands import commands_router
 from gateway.api.console import install_console
 from gateway.api.fleet import fleet_router
 from gateway.api.health import HealthProbe
+from gateway.api.openapi import install_openapi_conventions
 from gateway.api.problems import install_problem_handlers
+from gateway.api.ratelimit import CommandRateLimiter
 from gateway.commands import CommandService
 from gateway.fleet import FleetFeed, FleetStore
 
@@ -25,6 +27,7 @@ def create_app(
     authenticator: Authenticator | None = None,
     commands: CommandService | None = None,
     fleet: tuple[FleetStore, FleetFeed] | None = None,
+    rate_limiter: CommandRateLimiter | None = None,
 ) -> FastAPI:
     """Build the HTTP application around the running gateway's parts.
 
@@ -35,10 +38,13 @@ def create_app(
         commands: the command system; its routes are mounted when given.
         fleet: the fleet's store and live feed; the fleet routes and the web console are
             mounted when given.
+        rate_limiter: limits new commands per operator and per car (none: unlimited).
     """
     app = FastAPI(title="tgw gateway", version="1", openapi_url="/v1/openapi.json")
     install_problem_handlers(app)
+    install_openapi_conventions(app)
     app.state.authenticator = authenticator
+    app.state.command_rate_limiter = rate_limiter
     if commands is not None:
         assert authenticator is not None, "the command routes need an authenticator"
         app.include_router(commands_router(commands))

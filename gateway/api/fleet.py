@@ -19,7 +19,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
 from gateway.api.auth import require
 from gateway.api.problems import Problem
@@ -44,13 +44,23 @@ from schemas import VinError, parse_vin
 __all__ = ["Whoami", "fleet_router"]
 
 HEARTBEAT_S = 15.0
+_NUMBER = r"\s*-?[0-9]+(\.[0-9]+)?\s*"
+BBOX_PATTERN = rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$"
+# Names are snake_case, VINs and cursors plain ASCII: a pattern keeps control characters (NUL
+# above all, which PostgreSQL text cannot hold) out before any query runs.
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 DEFAULT_HISTORY = timedelta(hours=1)
 T = TypeVar("T")
 
 VinPath = Annotated[str, Path(description="The car's VIN (17 characters, ISO 3779).")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 Cursor = Annotated[
-    str | None, Query(max_length=400, description="`next_cursor` of the previous page.")
+    str | None,
+    Query(
+        max_length=400,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="`next_cursor` of the previous page.",
+    ),
 ]
 From = Annotated[
     datetime | None,
@@ -133,14 +143,17 @@ def _vehicle_routes(router: APIRouter, store: FleetStore) -> None:
             str | None,
             Query(
                 max_length=200,
+                pattern=BBOX_PATTERN,
                 description="Inside min_lon,min_lat,max_lon,max_lat (WGS 84 degrees).",
             ),
         ] = None,
         model: Annotated[
-            str | None, Query(max_length=64, description="Vehicle profile, e.g. bmw_e8x.")
+            str | None,
+            Query(pattern=r"^[a-z0-9_]{1,64}$", description="Vehicle profile, e.g. bmw_e8x."),
         ] = None,
         q: Annotated[
-            str | None, Query(max_length=17, description="Part of the VIN (any case).")
+            str | None,
+            Query(pattern=r"^[A-Za-z0-9]{0,17}$", description="Part of the VIN (any case)."),
         ] = None,
         alert: Annotated[AlertKind | None, Query(description="Only cars with this alert.")] = None,
         limit: Limit = 100,
@@ -228,7 +241,7 @@ def _history_routes(router: APIRouter, store: FleetStore) -> None:
         start: From = None,
         end: To = None,
         event_type: Annotated[
-            list[str] | None, Query(alias="type", max_length=20, description="Event types.")
+            list[EventType] | None, Query(alias="type", max_length=20, description="Event types.")
         ] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
@@ -259,7 +272,7 @@ def _history_routes(router: APIRouter, store: FleetStore) -> None:
         start: From = None,
         end: To = None,
         event_type: Annotated[
-            list[str] | None, Query(alias="type", max_length=20, description="Event types.")
+            list[EventType] | None, Query(alias="type", max_length=20, description="Event types.")
         ] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
@@ -288,9 +301,10 @@ def _admin_routes(router: APIRouter, store: FleetStore) -> None:
     async def dead_letters(
         *,
         _: Admin,
-        reason: Annotated[str | None, Query(max_length=64)] = None,
+        reason: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
         vin: Annotated[
-            str | None, Query(max_length=64, description="As the topic named it.")
+            str | None,
+            Query(pattern=r"^[!-~]{1,64}$", description="As the topic named it (any text)."),
         ] = None,
         start: From = None,
         end: To = None,

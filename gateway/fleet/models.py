@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,7 +87,11 @@ class BoundingBox:
 
     @classmethod
     def parse(cls, text: str) -> BoundingBox:
-        """`min_lon,min_lat,max_lon,max_lat` (the GeoJSON and OGC order)."""
+        """`min_lon,min_lat,max_lon,max_lat` (the GeoJSON and OGC order).
+
+        Two opposite corners in either order make the same box; latitudes and longitudes
+        beyond the world's are clamped to it (such a box holds no more cars than the world).
+        """
         parts = text.split(",")
         if len(parts) != 4:
             raise ValueError("bbox must be four numbers: min_lon,min_lat,max_lon,max_lat")
@@ -94,11 +99,11 @@ class BoundingBox:
             min_lon, min_lat, max_lon, max_lat = (float(part) for part in parts)
         except ValueError as exc:
             raise ValueError(f"bbox {text!r} must be four numbers") from exc
-        if not (-180 <= min_lon <= max_lon <= 180 and -90 <= min_lat <= max_lat <= 90):
-            raise ValueError(
-                "bbox needs -180 <= min_lon <= max_lon <= 180 and -90 <= min_lat <= max_lat <= 90"
-            )
-        return cls(min_lon, min_lat, max_lon, max_lat)
+        if not all(math.isfinite(v) for v in (min_lon, min_lat, max_lon, max_lat)):
+            raise ValueError(f"bbox {text!r} must be four finite numbers")
+        lons = sorted(min(max(v, -180.0), 180.0) for v in (min_lon, max_lon))
+        lats = sorted(min(max(v, -90.0), 90.0) for v in (min_lat, max_lat))
+        return cls(lons[0], lats[0], lons[1], lats[1])
 
 
 @dataclass(frozen=True, slots=True)
