@@ -187,6 +187,7 @@ def _fleet(
     queue_dir: Path | None,
     queue_max: int | None,
     progress_every: float,
+    processes: int,
     faults: FleetFaults,
     log_level: str | None,
 ) -> None:
@@ -215,19 +216,37 @@ def _fleet(
             raise DeviceConfigurationError(
                 "a fleet needs --credentials FILE (write one with `tgw sim credentials`)"
             )
-        _start_logging(settings, log_level or "WARNING")
-        fleet = Fleet(
-            settings,
-            read_credentials(credentials_file),
-            faults=faults,
-            on_progress=_print_progress,
-            progress_interval_s=progress_every,
-        )
+        level = log_level or "WARNING"
+        _start_logging(settings, level)
+        passwords = read_credentials(credentials_file)
         typer.echo(
             f"fleet: {settings.fleet.cars} cars, seed {settings.fleet.seed}, "
             f"broker {settings.mqtt.host}:{settings.mqtt.port}"
+            + (f", {processes} processes" if processes > 1 else "")
             + (f", {duration:g} s" if duration else ", until Ctrl-C"),
             err=True,
+        )
+        if processes > 1:
+            from device_sim.fleet_processes import run_fleet_processes  # noqa: PLC0415
+
+            summary = run_fleet_processes(
+                settings,
+                passwords,
+                processes=processes,
+                faults=faults,
+                duration_s=duration,
+                on_progress=_print_progress,
+                progress_interval_s=progress_every,
+                log_level=level,
+            )
+            typer.echo(json.dumps(summary.as_dict()))
+            return
+        fleet = Fleet(
+            settings,
+            passwords,
+            faults=faults,
+            on_progress=_print_progress,
+            progress_interval_s=progress_every,
         )
 
         async def main() -> dict[str, Any]:
@@ -286,6 +305,12 @@ def fleet(
     progress_every: Annotated[
         float, typer.Option("--progress-every", help="Seconds between progress lines.")
     ] = 10.0,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes", min=1, max=64, help="Worker processes (one core and ~15k cars each)."
+        ),
+    ] = 1,
     drop_per_min: Annotated[
         float, typer.Option("--drop-per-min", help="Fault: share of cars dropped per minute.")
     ] = 0.0,
@@ -344,6 +369,7 @@ def fleet(
         queue_dir=queue_dir,
         queue_max=queue_max,
         progress_every=progress_every,
+        processes=processes,
         faults=faults,
         log_level=log_level,
     )

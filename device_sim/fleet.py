@@ -148,6 +148,7 @@ class Fleet:
         faults: FleetFaults | None = None,
         on_progress: Callable[[FleetProgress], None] | None = None,
         progress_interval_s: float = 10.0,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         self.settings = settings
         self.faults = faults or FleetFaults()
@@ -156,9 +157,17 @@ class Fleet:
         self._progress_interval_s = progress_interval_s
         self._stopping = asyncio.Event()
         self.cars: list[SimulatedCar] = []
+        self.part, self.parts = part
         fleet = settings.fleet
-        self.identities = fleet_vins(fleet.cars, fleet.seed, fleet.profiles)
-        missing = [vin for vin, _ in self.identities if vin not in credentials]
+        # Part k of n runs cars k, k+n, k+2n, ...: every part gets its share of each model.
+        self.identities = [
+            (index, vin, profile)
+            for index, (vin, profile) in enumerate(
+                fleet_vins(fleet.cars, fleet.seed, fleet.profiles)
+            )
+            if index % self.parts == self.part
+        ]
+        missing = [vin for _, vin, _ in self.identities if vin not in credentials]
         if missing:
             raise DeviceConfigurationError(
                 f"{len(missing)} of {fleet.cars} cars have no password in the credentials "
@@ -173,10 +182,9 @@ class Fleet:
     async def run(self, duration_s: float | None = None) -> FleetSummary:
         """Run the fleet; return its summary once every car has stopped."""
         settings = self.settings
-        _raise_file_limit(settings.fleet.cars)
-        queue_file = settings.unit.queue_dir / f"fleet-{settings.fleet.seed}.sqlite"
-        started = time.monotonic()
-        cpu_started = time.process_time()
+        _raise_file_limit(len(self.identities))
+        suffix = "" if self.parts == 1 else f"-p{self.part}of{self.parts}"
+        queue_file = settings.unit.queue_dir / f"fleet-{settings.fleet.seed}{suffix}.sqlite"
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(
                 OutboxStore(queue_file, commit_interval_s=settings.unit.commit_interval_s)
@@ -184,14 +192,23 @@ class Fleet:
             ledger: Ledger = NullLedger()
             csv_ledger = None
             if settings.fleet.ledger_file is not None:
-                csv_ledger = await stack.enter_async_context(CsvLedger(settings.fleet.ledger_file))
+                csv_ledger = await stack.enter_async_context(
+                    CsvLedger(ledger_part(settings.fleet.ledger_file, self.part, self.parts))
+                )
                 ledger = csv_ledger
-            self.cars = self._build(store, ledger)
-            # Tens of thousands of long-lived objects (cars, clients, profiles): keep the
-            # cyclic GC from walking them again and again (full collections stall the loop).
+            # Tens of thousands of long-lived objects (cars, profiles): build them without the
+            # cyclic GC walking them again and again, then move them out of its sight.
+            gc.disable()
+            try:
+                self.cars = self._build(store, ledger)
+            finally:
+                gc.enable()
             gc.collect()
             gc.freeze()
             stack.callback(gc.unfreeze)
+            # The clock starts once the fleet is built: connect_s measures the connecting.
+            started = time.monotonic()
+            cpu_started = time.process_time()
             connect_s: list[float] = []
             async with asyncio.TaskGroup() as tasks:
                 runs = [
@@ -239,7 +256,7 @@ class Fleet:
         encoders = {name: FrameEncoder(profile) for name, profile in profiles.items()}
         faults = self.faults
         cars = []
-        for index, (vin, profile_name) in enumerate(self.identities):
+        for local_index, (index, vin, profile_name) in enumerate(self.identities):
             rng = random.Random(f"tgw-car:{fleet.seed}:{index}")  # noqa: S311  (simulation)
             profile = profiles[profile_name]
             state = VehicleState()
@@ -273,12 +290,13 @@ class Fleet:
                 rng=random.Random(f"tgw-jitter:{fleet.seed}:{index}"),  # noqa: S311
                 sample_externally=True,  # sampled from the car's own loop: one task per car
             )
-            cars.append(SimulatedCar(index, vin, profile, state, behaviour, ecus, unit))
+            cars.append(SimulatedCar(local_index, vin, profile, state, behaviour, ecus, unit))
         return cars
 
     async def _run_car(self, car: SimulatedCar, started: float) -> None:
         # Stagger the start: a bounded connect rate, and no thundering herd at t=0.
-        start_at = started + car.index / self.settings.fleet.connect_rate_per_s
+        rate = self.settings.fleet.connect_rate_per_s / self.parts
+        start_at = started + car.index / rate
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         if self._stopping.is_set():
             return
@@ -336,7 +354,8 @@ class Fleet:
         faults = self.faults
         if not (faults.drop_per_min or faults.dead_zone_share):
             return
-        rng = random.Random(f"tgw-fleet-faults:{self.settings.fleet.seed}")  # noqa: S311
+        seed = self.settings.fleet.seed
+        rng = random.Random(f"tgw-fleet-faults:{seed}:{self.part}")  # noqa: S311
         dead_zone_done = not faults.dead_zone_share
         while True:
             await asyncio.sleep(1.0)
@@ -386,6 +405,11 @@ class Fleet:
             sim_cpu_pct=round(100 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
             sim_rss_mb=round(_rss_mb(), 1),
         )
+
+
+def ledger_part(path: Path, part: int, parts: int) -> Path:
+    """The ledger file of one part of a fleet split over processes (merged at the end)."""
+    return path if parts == 1 else path.with_name(f"{path.name}.p{part}")
 
 
 def _rss_mb() -> float:

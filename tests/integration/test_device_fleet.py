@@ -72,7 +72,9 @@ async def test_every_ledger_row_reaches_the_broker(
     assert {vin for vin, *_ in ledger} == set(credentials)
 
 
-def test_the_fleet_command_line(mqtt_broker: MosquittoBroker, tmp_path: Path) -> None:
+def test_the_fleet_command_line_over_two_processes(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
     tgw = Path(sys.executable).with_name("tgw")
     creds = tmp_path / "creds.csv"
     made = subprocess.run(
@@ -87,7 +89,7 @@ def test_the_fleet_command_line(mqtt_broker: MosquittoBroker, tmp_path: Path) ->
             str(tgw), "sim", "fleet", "--cars", "4", "--seed", "9", "--credentials", str(creds),
             "--host", mqtt_broker.host, "--port", str(mqtt_broker.port), "--duration", "3",
             "--queue-dir", str(tmp_path / "q"), "--ledger", str(tmp_path / "ledger.csv"),
-            "--progress-every", "1",
+            "--progress-every", "1", "--processes", "2",
         ],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -96,7 +98,9 @@ def test_the_fleet_command_line(mqtt_broker: MosquittoBroker, tmp_path: Path) ->
     assert summary["vehicles"] == 4
     assert summary["connected"] == 4
     assert summary["msgs_published"] > 0
+    assert summary["processes"] == 2
     assert summary["ledger_rows"] == len(read_ledger(tmp_path / "ledger.csv"))
+    assert not list(tmp_path.glob("ledger.csv.p*"))  # the parts were merged
     for key in ("msgs_per_s", "sim_cpu_pct", "sim_rss_mb", "connect_s"):
         assert key in summary
     assert "connected 4/4" in run.stderr
