@@ -145,7 +145,8 @@ def _speed(car: dict[str, Any]) -> str:
 def vehicles_table(cars: list[dict[str, Any]], title: str | None = None) -> Table:
     """A table of cars as `tgw vehicles` shows them."""
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
-    for column in ("VIN", "model", "state", "lock", "speed", "energy", "last seen", "alerts"):
+    table.add_column("VIN", no_wrap=True, min_width=17)  # never cut: people copy it
+    for column in ("model", "state", "lock", "speed", "energy", "last seen", "alerts"):
         table.add_column(column, no_wrap=column != "alerts")
     for car in cars:
         table.add_row(
