@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.api.app import create_app
 from gateway.api.health import HealthProbe
+from gateway.api.ratelimit import CommandRateLimiter
 from gateway.api.server import EmbeddedHttpServer
 from gateway.commands import CommandSystem
 from gateway.config import Settings
@@ -118,6 +119,7 @@ async def run_gateway(
                 authenticator=commands.authenticator,
                 commands=commands.service,
                 fleet=(fleet.store, fleet),
+                rate_limiter=CommandRateLimiter(pool, settings.commands),
             )
             http = EmbeddedHttpServer(app, settings.http.host, settings.http.port)
             async with asyncio.TaskGroup() as tasks:

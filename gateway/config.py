@@ -180,6 +180,11 @@ class CommandSettings(_Section):
     publish_timeout_s: float = Field(default=5.0, gt=0, le=60)
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
     result_workers: int = Field(default=4, ge=1, le=64)
+    # At most this many new commands per window per operator token / per car (0: no limit); a
+    # careless script or a stolen operator token cannot flood the fleet (answer 429).
+    rate_limit_per_operator: int = Field(default=120, ge=0)
+    rate_limit_per_vehicle: int = Field(default=10, ge=0)
+    rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
     # Where a rental may end: a polygon per city, vertices [longitude, latitude] (WGS84).
     operating_areas: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.auth import require
 from gateway.api.problems import Problem
+from gateway.api.ratelimit import CommandRateLimiter
 from gateway.auth import Principal, Role
 from gateway.commands import (
     CommandEvent,
@@ -94,12 +95,15 @@ def commands_router(service: CommandService) -> APIRouter:
             403: {"description": "Role below operator"},
             404: {"description": "Unknown vehicle"},
             409: {"description": "Car cannot do it, is busy, or the key was reused"},
+            429: {"description": "Too many commands from this operator or to this car"},
             503: {"description": "This gateway has no signing key"},
         },
     )
     async def post_command(
         vin: VinPath,
         body: CommandRequest,
+        *,
+        request: Request,
         response: Response,
         principal: Annotated[Principal, Depends(require(Role.OPERATOR))],
         idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
@@ -112,6 +116,9 @@ def commands_router(service: CommandService) -> APIRouter:
             ttl_s=body.ttl_s,
             idempotency_key=key,
         )
+        limiter: CommandRateLimiter | None = request.app.state.command_rate_limiter
+        if limiter is not None:
+            await limiter.check(principal.name, new.vin, key)
         try:
             record, created = await service.request(new)
         except CommandRefusedError as exc:

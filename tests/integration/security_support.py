@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from pydantic import SecretStr
 
@@ -179,3 +180,17 @@ async def provisioned_car(
                 ecus.close()
                 with contextlib.suppress(asyncio.CancelledError):
                     await periodic
+
+
+async def wait_http(client: httpx.AsyncClient) -> None:
+    """Until the gateway's HTTP server answers (it starts just after the gateway is ready)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            await client.get("/health")
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            return
