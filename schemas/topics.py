@@ -98,8 +98,17 @@ _VIN_START = len(_PREFIX)
 _VIN_END = _VIN_START + VIN_LENGTH
 
 
+# Parsed well-formed topics (VehicleTopic is immutable): a fleet's topics repeat with every
+# message. Bounded; emptied when full (about 3 MB at most).
+_PARSED: dict[str, VehicleTopic] = {}
+_PARSED_MAX = 32_768
+
+
 def parse_topic(topic: str) -> VehicleTopic:
     """Parse a concrete topic (no wildcards) into VIN and kind, or raise `TopicError`."""
+    parsed = _PARSED.get(topic)
+    if parsed is not None:
+        return parsed
     # Fast path (every message the gateway receives): prefix, 17-character VIN, "/", kind.
     # A kind holds no "/" and a VIN matching the pattern holds none either, so this accepts
     # exactly the well-formed topics the general path below accepts.
@@ -107,7 +116,10 @@ def parse_topic(topic: str) -> VehicleTopic:
         kind = _KINDS.get(topic[_VIN_END + 1 :])
         vin = topic[_VIN_START:_VIN_END]
         if kind is not None and _VIN_RE.fullmatch(vin):
-            return VehicleTopic(vin=vin, kind=kind)
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            parsed = _PARSED[topic] = VehicleTopic(vin=vin, kind=kind)
+            return parsed
     levels = topic.split("/")
     if len(levels) != _LEVELS or levels[: len(_ROOT_LEVELS)] != _ROOT_LEVELS:
         raise TopicError(f"topic {topic!r} is not of the form {TOPIC_ROOT}/<VIN>/<kind>")

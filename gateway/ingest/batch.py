@@ -126,6 +126,7 @@ class IngestBatch:
     last_seen: dict[str, datetime] = field(default_factory=dict)
     messages: list[InboundMessage] = field(default_factory=list)
     oldest_device_ms: list[int] = field(default_factory=list)
+    _device_times: dict[int, datetime] = field(default_factory=dict, init=False, repr=False)
     _received_ms: int = field(default=-1, init=False, repr=False)
     _received_dt: datetime = field(default=datetime.min, init=False, repr=False)
 
@@ -186,10 +187,15 @@ class IngestBatch:
         vin, boot_id = message.vin, message.boot_id
         latest = self.latest.get(vin)
         rows = self.telemetry
+        times = self._device_times
         for sample in message.samples:
             ts, seq = sample.ts, sample.seq
             values = _signal_values(sample.signals)
-            rows.append((ms_to_datetime(ts), vin, boot_id, seq, received_at, *values))
+            # Many samples share a millisecond at high rates; converting costs a µs.
+            at = times.get(ts)
+            if at is None:
+                at = times[ts] = ms_to_datetime(ts)
+            rows.append((at, vin, boot_id, seq, received_at, *values))
             self.oldest_device_ms.append(ts)
             if latest is None:
                 latest = self.latest[vin] = LatestStateRow(vin, ts, boot_id, seq)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["InboundMessage"]
 
 
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
+# A NamedTuple, not a frozen dataclass: built for every message, and a third the cost.
+class InboundMessage(NamedTuple):
     """A received MQTT message and what is needed to acknowledge it after commit.
 
     `generation` counts broker connections: a packet id is only meaningful on the

@@ -81,6 +81,10 @@ _CREATE_STAGING = sql.SQL(
 _COPY_TELEMETRY = sql.SQL("COPY stage_telemetry ({}) FROM STDIN (FORMAT BINARY)").format(
     _columns(_TELEMETRY_COLUMNS)
 )
+# Straight into the table: what almost every batch can do (no row stored before).
+_COPY_TELEMETRY_DIRECT = sql.SQL("COPY telemetry ({}) FROM STDIN (FORMAT BINARY)").format(
+    _columns(_TELEMETRY_COLUMNS)
+)
 _COPY_EVENTS = sql.SQL("COPY stage_events ({}) FROM STDIN").format(_columns(_EVENT_COLUMNS))
 _COPY_LATEST = sql.SQL("COPY stage_latest ({}) FROM STDIN (FORMAT BINARY)").format(
     _columns(_LATEST_COLUMNS)
@@ -192,13 +196,7 @@ class BatchWriter:
                 async with conn.transaction(), conn.cursor() as cur:
                     if not self._copy_types:
                         await self._read_copy_types(cur)
-                    telemetry = await self._stage_and_move(
-                        cur,
-                        _COPY_TELEMETRY,
-                        _MOVE_TELEMETRY,
-                        batch.telemetry,
-                        self._copy_types["telemetry"],
-                    )
+                    telemetry = await self._insert_telemetry(conn, cur, batch.telemetry)
                     events = await self._stage_and_move(
                         cur, _COPY_EVENTS, _MOVE_EVENTS, batch.events
                     )
@@ -271,6 +269,30 @@ class BatchWriter:
             oids = {str(column): int(oid) for column, oid in await cur.fetchall()}
             types[name] = [oids[column] for column in columns]
         self._copy_types = types
+
+    async def _insert_telemetry(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        cur: psycopg.AsyncCursor[Any],
+        rows: list[tuple[object, ...]],
+    ) -> int:
+        """Insert what is new of `rows`; return how many that was.
+
+        First COPY straight into the table, under a savepoint: one pass over the rows. A
+        row stored before (a redelivered or repeated message) makes that COPY fail; then
+        the rows go through staging and `ON CONFLICT DO NOTHING`, which skips it.
+        """
+        if not rows:
+            return 0
+        types = self._copy_types["telemetry"]
+        try:
+            async with conn.transaction(), cur.copy(_COPY_TELEMETRY_DIRECT) as copy:
+                copy.set_types(types)
+                for row in rows:
+                    await copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            return await self._stage_and_move(cur, _COPY_TELEMETRY, _MOVE_TELEMETRY, rows, types)
+        return len(rows)
 
     @staticmethod
     async def _stage_and_move(
