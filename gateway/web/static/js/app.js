@@ -170,7 +170,7 @@ function rowToCar(row) {
 
 function applyRows(rows, replace) {
   const changed = [];
-  if (replace) state.cars.clear();
+  if (replace) { state.cars.clear(); sortedSize = -1; }
   for (const row of rows) {
     const car = rowToCar(row);
     state.cars.set(car.vin, car);
@@ -252,22 +252,35 @@ function matches(car) {
   return true;
 }
 
-let visibleCars = [];
+// VINs in list order; re-sorted only when cars join, since sorting 10,000 every render is waste.
+let sortedVins = [];
+let sortedSize = -1;
+let visibleVins = [];
+let layerFilter = null;
 function renderList() {
-  visibleCars = [...state.cars.values()].filter(matches).sort((a, b) => (a.vin < b.vin ? -1 : 1));
-  fleetLayer.filter(state.filter === "all" && !state.search ? () => true : matches);
+  if (sortedSize !== state.cars.size) {
+    sortedVins = [...state.cars.keys()].sort();
+    sortedSize = state.cars.size;
+  }
+  const everything = state.filter === "all" && !state.search;
+  visibleVins = everything ? sortedVins : sortedVins.filter((vin) => matches(state.cars.get(vin)));
+  const wanted = everything ? null : `${state.filter}|${state.search}`;
+  if (wanted !== layerFilter) {
+    layerFilter = wanted;
+    fleetLayer.filter(everything ? null : matches);
+  }
   drawRows();
 }
 
 function drawRows() {
   const list = $("list");
   const inner = $("list-inner");
-  inner.style.height = `${visibleCars.length * ROW}px`;
+  inner.style.height = `${visibleVins.length * ROW}px`;
   const first = Math.max(0, Math.floor(list.scrollTop / ROW) - 5);
-  const last = Math.min(visibleCars.length, first + Math.ceil(list.clientHeight / ROW) + 10);
+  const last = Math.min(visibleVins.length, first + Math.ceil(list.clientHeight / ROW) + 10);
   const rows = [];
-  for (let i = first; i < last; i++) rows.push(carRow(visibleCars[i], i));
-  if (!visibleCars.length) rows.push(el("div", "empty", state.cars.size ? "No car matches." : "Waiting for cars…"));
+  for (let i = first; i < last; i++) rows.push(carRow(state.cars.get(visibleVins[i]), i));
+  if (!visibleVins.length) rows.push(el("div", "empty", state.cars.size ? "No car matches." : "Waiting for cars…"));
   inner.replaceChildren(...rows);
 }
 
