@@ -141,7 +141,9 @@ export function createFleetLayer(L) {
 
     _radius() {
       const zoom = this._map.getZoom();
-      return zoom <= 11 ? 2.5 : zoom <= 12 ? 3.5 : zoom <= 13 ? 4.5 : 5.5;
+      const radius = zoom <= 11 ? 2.5 : zoom <= 12 ? 3.5 : zoom <= 13 ? 4.5 : 5.5;
+      // A dense fleet drawn with big dots hides the map and itself: smaller until zoomed in.
+      return this._cars.size > 3000 && zoom < 15 ? Math.min(radius, 2.5) : radius;
     },
 
     _draw() {
