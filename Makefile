@@ -26,7 +26,7 @@ if [ $$rc -ne 0 ]; then echo "make: !! pytest, $(1): FAILED (exit $$rc)" >&2; ex
 echo "make: -- pytest, $(1): passed in $$((SECONDS - t)) s"
 endef
 
-.PHONY: help setup lint test demo bench-ingest
+.PHONY: help setup lint test demo bench-ingest bench-commands
 
 help:
 	@echo "make test          set up what is missing, then ruff, mypy, pytest (TimescaleDB, then plain PostgreSQL)"
@@ -34,6 +34,7 @@ help:
 	@echo "make setup         Debian packages, TimescaleDB from trixie source, .venv (idempotent)"
 	@echo "make lint          ruff check + mypy --strict (needs .venv: make setup)"
 	@echo "make bench-ingest  set up, then the ingest benchmark"
+	@echo "make bench-commands  set up, then the commands benchmark (lock/unlock latency, rate)"
 
 setup:
 	@bash scripts/setup.sh
@@ -63,3 +64,6 @@ demo: setup
 
 bench-ingest: setup
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
+
+bench-commands: setup
+	$(BIN)/python -m bench.commands $(BENCH_ARGS)
