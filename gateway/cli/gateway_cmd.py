@@ -60,9 +60,9 @@ def run(
             "no broker password: set TGW_MQTT__PASSWORD (the gateway account's password)"
         )
     if worker_id is None and workers > 1:
-        from gateway.workers import run_workers  # noqa: PLC0415  # keep `tgw --help` fast
+        from gateway.workers import exec_supervisor  # noqa: PLC0415  # keep `tgw --help` fast
 
-        raise typer.Exit(run_workers(workers))
+        exec_supervisor(workers, settings.log.level, settings.log.json_output)
     from gateway.app import run_gateway  # noqa: PLC0415  # keep `tgw --help` fast
 
     if worker_id is not None:
