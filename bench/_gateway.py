@@ -19,6 +19,11 @@ __all__ = ["GatewayProcess", "ProcessGroupSampler"]
 
 _STARTUP_TIMEOUT_S = 60.0
 _STORED_TELEMETRY = 'tgw_ingest_rows_stored_total{table="telemetry"}'
+_BATCH_SERIES = (
+    "tgw_ingest_batch_messages_count",
+    "tgw_ingest_batch_messages_sum",
+    "tgw_ingest_commit_seconds_sum",
+)
 
 
 def _free_port_run(count: int) -> int:
@@ -111,6 +116,18 @@ class GatewayProcess:
                     total += int(float(line.rsplit(" ", 1)[1]))
         self._stored_last = total
         return total
+
+    def batch_totals(self) -> tuple[float, float, float]:
+        """(batches, messages in them, seconds spent writing them) over all workers so far."""
+        totals = dict.fromkeys(_BATCH_SERIES, 0.0)
+        for port in self.ports:
+            text = self._http.get(f"http://127.0.0.1:{port}/metrics").text
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if name in totals:
+                    totals[name] += float(value)
+        batches, messages, seconds = (totals[name] for name in _BATCH_SERIES)
+        return batches, messages, seconds
 
     def processes(self) -> list[psutil.Process]:
         """The supervisor and its workers."""

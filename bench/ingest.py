@@ -38,8 +38,9 @@ from bench._copy import measure_raw_copy
 from bench._gateway import GatewayProcess
 from bench._load import check_payload
 from bench._measure import committed_between, integrity, latency
+from bench._pgwaits import SessionSampler
 from bench._phases import Load, Meters, Window, drain, drive, postgres_pids, say, tree
-from bench._sink import CountingSubscriber
+from bench._sink import CountingSubscriber, WireSubscriber
 from bench._stack import BenchStack
 from gateway.config import IngestSettings
 from gateway.logconfig import configure_logging
@@ -206,17 +207,31 @@ class IngestBenchmark:
 
     # 2
     def raw_broker(self) -> None:
+        """Both plain subscribers, one after the other, as many processes as gateway workers."""
+        paho = self._raw_broker("paho", CountingSubscriber)
+        self.results["raw_broker_msgs_per_s"] = round(paho.rate())
+        self.results["raw_broker_cpu_pct"] = _cpu_table(paho)
+        wire = self._raw_broker("wire", WireSubscriber)
+        self.results["raw_broker_wire_msgs_per_s"] = round(wire.rate())
+        self.results["raw_broker_wire_cpu_pct"] = _cpu_table(wire)
+
+    def _raw_broker(
+        self, kind: str, subscriber_type: type[CountingSubscriber] | type[WireSubscriber]
+    ) -> Window:
         options = self.options
-        subscribers: list[CountingSubscriber] = []
+        subscribers: list[CountingSubscriber | WireSubscriber] = []
         for i in range(options.workers):
-            account = self.stack.add_subscriber(f"bench-counter-{i + 1}")
-            subscribers.append(CountingSubscriber(account, "bench-counters"))
+            account = self.stack.add_subscriber(f"bench-{kind}-{i + 1}")
+            subscribers.append(subscriber_type(account, f"bench-{kind}"))
             subscribers[-1].start()
         self.meters.add("subscriber", tree(lambda: [s.pid for s in subscribers if s.pid]))
-        say(f"raw broker: {options.workers} counting subscriber(s), {options.short_s:.0f} s ...")
+        say(
+            f"raw broker ({kind}): {options.workers} counting subscriber(s), "
+            f"{options.short_s:.0f} s ..."
+        )
         try:
             raw = drive(
-                "raw broker",
+                f"raw {kind}",
                 self.load,
                 self.meters,
                 lambda: sum(s.received.value for s in subscribers),
@@ -229,9 +244,8 @@ class IngestBenchmark:
         finally:
             for subscriber in subscribers:
                 subscriber.stop()
-        say(f"  raw broker {raw.rate():,.0f} msgs/s")
-        self.results["raw_broker_msgs_per_s"] = round(raw.rate())
-        self.results["raw_broker_cpu_pct"] = _cpu_table(raw)
+        say(f"  raw broker ({kind}) {raw.rate():,.0f} msgs/s")
+        return raw
 
     # 3-6
     def gateway_phases(self) -> None:
@@ -276,6 +290,9 @@ class IngestBenchmark:
             profiler = PySpy(options.profile, gateway.worker_pids(), options.seconds + 10)
             profiler.start()
         say(f"gateway maximum: {_MAX_WARMUP_S:.0f} s warm-up, {options.seconds:.0f} s measured ...")
+        before = gateway.batch_totals()
+        sessions = SessionSampler(self.stack.dsn)
+        sessions.start()
         top = drive(
             "gateway",
             self.load,
@@ -287,6 +304,8 @@ class IngestBenchmark:
             backlog=options.backlog,
             rss_of="gateway",
         )
+        self.results["db_sessions_pct"] = sessions.stop()
+        self.results |= _batches(before, gateway.batch_totals(), "")
         if profiler is not None:
             self.results["profile"] = profiler.finish()
         committed = committed_between(self.stack.dsn, self.since, top.start, top.end)
@@ -307,6 +326,9 @@ class IngestBenchmark:
     def latency(self, gateway: GatewayProcess, rate: float, suffix: str) -> None:
         measure_s = self.options.short_s
         say(f"latency: {rate:,.0f} msgs/s, {_SHORT_WARMUP_S:.0f} s warm-up, {measure_s:.0f} s ...")
+        before = gateway.batch_totals()
+        sessions = SessionSampler(self.stack.dsn)
+        sessions.start()
         steady = drive(
             "latency",
             self.load,
@@ -318,6 +340,9 @@ class IngestBenchmark:
             backlog=None,
             rss_of="gateway",
         )
+        self.results[f"db_sessions_pct_latency{suffix}"] = sessions.stop()
+        self.results[f"cpu_pct_latency{suffix}"] = _cpu_table(steady)
+        self.results |= _batches(before, gateway.batch_totals(), f"_latency{suffix}")
         self._drain(gateway)
         lag = latency(self.stack.dsn, steady.start, steady.end)
         say(f"  p50 {lag.p50_ms:.1f} ms, p99 {lag.p99_ms:.1f} ms over {lag.rows:,} samples")
@@ -393,6 +418,19 @@ class IngestBenchmark:
         )
 
 
+def _batches(
+    before: tuple[float, float, float], after: tuple[float, float, float], suffix: str
+) -> dict[str, float]:
+    """Mean batch size and write time (the gateway's own histograms) over a phase."""
+    batches, messages, seconds = (a - b for a, b in zip(after, before, strict=True))
+    if not batches:
+        return {}
+    return {
+        f"batch_msgs_mean{suffix}": round(messages / batches),
+        f"batch_write_ms_mean{suffix}": round(1000 * seconds / batches, 1),
+    }
+
+
 def _cpu_table(window: Window) -> dict[str, int]:
     return {name: round(window.cpu_pct(name)) for name in window.cpu_s}
 
@@ -401,6 +439,8 @@ _TABLE = (
     ("committed_msgs_per_s", "gateway, sustained after warm-up (from database commit times)"),
     ("raw_broker_msgs_per_s", "same load to plain counting paho subscribers"),
     ("ratio_vs_broker", "committed / raw broker"),
+    ("raw_broker_wire_msgs_per_s", "same load to minimal socket-level subscribers"),
+    ("ratio_vs_broker_wire", "committed / raw broker (wire)"),
     ("raw_copy_rows_per_s", "same rows COPY'd straight into telemetry"),
     ("latency_rate_msgs_per_s", "steady rate of the latency phase (half the maximum)"),
     ("p50_ms", "publish to commit, at that rate"),
@@ -442,9 +482,11 @@ def run(options: Options) -> dict[str, Any]:
             results = benchmark.results
             results["timescaledb"] = stack.timescaledb
     broker = results.get("raw_broker_msgs_per_s") or 0
+    wire = results.get("raw_broker_wire_msgs_per_s") or 0
     committed = results.get("committed_msgs_per_s") or 0
     return results | {
         "ratio_vs_broker": round(committed / broker, 3) if broker else None,
+        "ratio_vs_broker_wire": round(committed / wire, 3) if wire else None,
         "payload_bytes": payload_bytes,
         "cars": options.cars,
         "workers": options.workers,
