@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Annotated
 
@@ -70,7 +71,23 @@ def run(
 
         settings = worker_settings(settings, worker_id)
         structlog.contextvars.bind_contextvars(worker=worker_id)
+    _tune_garbage_collector()
     asyncio.run(run_gateway(settings))
+
+
+def _tune_garbage_collector() -> None:
+    """Make Python's cyclic garbage collector cheap for a process that ingests all day.
+
+    Ingest allocates several container objects per message, and with the default threshold
+    (700) the collector runs hundreds of times a second, each time walking the young objects
+    and often the hundreds of thousands of long-lived ones (modules, settings, the messages
+    awaiting commit): measured, it doubled the CPU per message (docs/benchmarks.md). Almost
+    nothing here is freed by the collector rather than by reference counting, so: freeze what
+    start-up made (never scanned again), and collect the young generation 70 times less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 @app.command("health")
