@@ -124,8 +124,9 @@ async def run_gateway(
             http = EmbeddedHttpServer(app, settings.http.host, settings.http.port)
             async with asyncio.TaskGroup() as tasks:
                 ingest = tasks.create_task(pipeline.run(), name="ingest")
+                serving = tasks.create_task(http.serve(), name="http")
                 helpers = [
-                    tasks.create_task(http.serve(), name="http"),
+                    serving,
                     tasks.create_task(
                         run_maintenance(pool, settings.ingest.stale_after_s, resolution_s),
                         name="maintenance",
@@ -140,6 +141,7 @@ async def run_gateway(
                     http=f"{settings.http.host}:{settings.http.port}",
                 )
                 if ready is not None:
+                    await http.wait_started(serving)
                     ready.set()
                 await shutdown.wait()
                 log.info("gateway.stopping")

@@ -40,7 +40,14 @@ def create_app(
             mounted when given.
         rate_limiter: limits new commands per operator and per car (none: unlimited).
     """
-    app = FastAPI(title="tgw gateway", version="1", openapi_url="/v1/openapi.json")
+    # No /docs or /redoc: they load their scripts from a CDN, and the gateway runs offline.
+    app = FastAPI(
+        title="tgw gateway",
+        version="1",
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
     install_problem_handlers(app)
     install_openapi_conventions(app)
     app.state.authenticator = authenticator

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
+from gateway.errors import ConfigurationError
+
 __all__ = ["EmbeddedHttpServer"]
+
+_START_POLL_S = 0.01
 
 
 class _NoSignalServer(uvicorn.Server):
@@ -24,9 +29,26 @@ class EmbeddedHttpServer:
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
         self._server = _NoSignalServer(config)
+        self._where = f"{host}:{port}"
 
     async def serve(self) -> None:
-        await self._server.serve()
+        try:
+            await self._server.serve()
+        except SystemExit as exc:
+            # uvicorn exits the process when it cannot bind; here that is a settings problem.
+            raise ConfigurationError(
+                f"cannot listen for HTTP on {self._where} (in use?): "
+                "set TGW_HTTP__HOST / TGW_HTTP__PORT"
+            ) from exc
+
+    async def wait_started(self, serving: asyncio.Task[None], timeout_s: float = 30.0) -> None:
+        """Return once the socket is bound and accepting; raise if `serving` ended first."""
+        async with asyncio.timeout(timeout_s):
+            while not self._server.started:
+                if serving.done():
+                    serving.result()  # raises why it stopped
+                    raise ConfigurationError(f"the HTTP server on {self._where} stopped at start")
+                await asyncio.sleep(_START_POLL_S)
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -54,11 +54,11 @@ def vins(page: dict[str, Any]) -> list[str]:
 
 
 async def test_vehicles_filter_and_page(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     seed = SEEDED
     async with (
-        fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, tokens),
+        fleet_gateway(private_broker, migrated_database, keys) as (settings, tokens),
         api(settings, tokens["viewer"]) as client,
     ):
 
@@ -105,11 +105,11 @@ async def test_vehicles_filter_and_page(
 
 
 async def test_one_vehicle_with_alerts_and_clear_errors(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     seed = SEEDED
     async with (
-        fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, tokens),
+        fleet_gateway(private_broker, migrated_database, keys) as (settings, tokens),
         api(settings, tokens["viewer"]) as client,
     ):
         car = (await client.get(f"/v1/vehicles/{seed.low_fuel}")).json()
@@ -139,7 +139,7 @@ async def test_one_vehicle_with_alerts_and_clear_errors(
 
 
 async def test_history_is_downsampled_in_both_storage_modes(
-    mqtt_broker: MosquittoBroker,
+    private_broker: MosquittoBroker,
     migrated_database_any_mode: tuple[str, str],
     keys: KeyPairFiles,
 ) -> None:
@@ -147,7 +147,7 @@ async def test_history_is_downsampled_in_both_storage_modes(
     seed = SEEDED
     start = seed.history_start
     async with (
-        fleet_gateway(mqtt_broker, dsn, keys) as (settings, tokens),
+        fleet_gateway(private_broker, dsn, keys) as (settings, tokens),
         api(settings, tokens["viewer"]) as client,
     ):
         url = f"/v1/vehicles/{seed.driving}/telemetry"
@@ -201,11 +201,11 @@ async def test_history_is_downsampled_in_both_storage_modes(
 
 
 async def test_events_newest_first_with_pages(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     seed = SEEDED
     async with (
-        fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, tokens),
+        fleet_gateway(private_broker, migrated_database, keys) as (settings, tokens),
         api(settings, tokens["viewer"]) as client,
     ):
         url = f"/v1/vehicles/{seed.driving}/events"
@@ -237,10 +237,10 @@ async def test_events_newest_first_with_pages(
 
 
 async def test_roles_dead_letters_and_commands(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     seed = SEEDED
-    async with fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, tokens):
+    async with fleet_gateway(private_broker, migrated_database, keys) as (settings, tokens):
         async with api(settings) as anonymous:
             response = await anonymous.get("/v1/vehicles")
             assert response.status_code == 401
@@ -283,10 +283,10 @@ async def test_roles_dead_letters_and_commands(
 
 
 async def test_sql_alert_filter_agrees_with_alerts_for(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     async with (
-        fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, tokens),
+        fleet_gateway(private_broker, migrated_database, keys) as (settings, tokens),
         api(settings, tokens["viewer"]) as client,
     ):
         cars = (await client.get("/v1/vehicles")).json()["items"]
@@ -309,11 +309,11 @@ async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, A
 
 
 async def test_stream_sends_a_snapshot_then_only_changes(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     seed: FleetSeed = SEEDED
     async with (
-        fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, tokens),
+        fleet_gateway(private_broker, migrated_database, keys) as (settings, tokens),
         api(settings, tokens["viewer"]) as client,
         client.stream("GET", "/v1/fleet/stream") as response,
     ):
@@ -342,10 +342,10 @@ async def test_stream_sends_a_snapshot_then_only_changes(
 
 
 async def test_console_is_served_with_everything_local(
-    mqtt_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
+    private_broker: MosquittoBroker, migrated_database: str, keys: KeyPairFiles
 ) -> None:
     async with (
-        fleet_gateway(mqtt_broker, migrated_database, keys) as (settings, _),
+        fleet_gateway(private_broker, migrated_database, keys) as (settings, _),
         api(settings) as client,
     ):
         root = await client.get("/")
