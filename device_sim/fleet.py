@@ -35,6 +35,7 @@ from device_sim.outbox import OutboxStore
 from device_sim.profiles import SignalProfile, load_profile
 from device_sim.settings import SimSettings
 from device_sim.unit import SystemClock, TelematicsUnit, UnitFaults
+from device_sim.verifier import verifier_for
 
 __all__ = ["Fleet", "FleetFaults", "FleetProgress", "FleetSummary", "SimulatedCar"]
 
@@ -255,6 +256,8 @@ class Fleet:
         profiles = {name: load_profile(name) for name in set(fleet.profiles)}
         encoders = {name: FrameEncoder(profile) for name, profile in profiles.items()}
         faults = self.faults
+        # One verifier for every car: the fleet's trust list (none configured: structure only).
+        verifier = verifier_for(settings.commands.trusted_keys)
         cars = []
         for local_index, (index, vin, profile_name) in enumerate(self.identities):
             rng = random.Random(f"tgw-car:{fleet.seed}:{index}")  # noqa: S311  (simulation)
@@ -289,6 +292,7 @@ class Fleet:
                 ),
                 rng=random.Random(f"tgw-jitter:{fleet.seed}:{index}"),  # noqa: S311
                 sample_externally=True,  # sampled from the car's own loop: one task per car
+                verifier=verifier,
             )
             cars.append(SimulatedCar(local_index, vin, profile, state, behaviour, ecus, unit))
         return cars

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,7 @@ from gateway.cli.dev import (
     dev_stack,
     storage_choice,
 )
-from gateway.commands import create_key_pair
+from gateway.commands import create_key_pair, load_signing_key
 from gateway.devstack import port_is_free
 from gateway.devstack.mosquitto import read_password_file
 from gateway.errors import DevStackError
@@ -311,7 +312,10 @@ def _run(
             "--credentials", str(fleet_csv), "--queue-dir", str(stack.state_dir / "device"),
             "--progress-every", "60",
         ]  # fmt: skip
-        with _child("fleet", fleet_args, logs / "fleet.log", env) as fleet:
+        # The cars trust the demo's signing key: a command not signed by it is refused.
+        trust = json.dumps({KEY_ID: load_signing_key(key, KEY_ID).public_hex})
+        fleet_env = env | {"TGW_SIM_COMMANDS__TRUSTED_KEYS": trust}
+        with _child("fleet", fleet_args, logs / "fleet.log", fleet_env) as fleet:
             _print_ready(base, token, stack)
             _watch(stack, (gw, fleet), status_every, stop)
 
