@@ -16,7 +16,7 @@ from bench._stack import BenchStack
 
 __all__ = ["Load", "Meters", "Window", "drain", "drive", "postgres_pids", "say", "tree"]
 
-_CONTROL_PERIOD_S = 0.1
+_CONTROL_PERIOD_S = 0.25
 _PROGRESS_PERIOD_S = 2.0
 
 

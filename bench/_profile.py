@@ -44,8 +44,8 @@ def summarise(raw_files: list[Path], top: int = 12) -> dict[str, object]:
     for path in raw_files:
         for line in path.read_text(encoding="utf-8").splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if not stack:
-                continue
+            if not stack or not count_text.isdigit():
+                continue  # an incomplete last line
             count = int(count_text)
             frames = [_frame(frame) for frame in stack.split(";")]
             total += count
