@@ -303,7 +303,11 @@ def resolve_dbc_source(source: str, relative_to: Path) -> Path:
 
 @functools.cache
 def _load_dbc(path: Path) -> Database:
-    if not path.is_file():
+    try:
+        exists = path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system (found by fuzzing)
+        raise ProfileError(f"DBC file {path} cannot be used: {exc.strerror}") from exc
+    if not exists:
         raise ProfileError(f"DBC file {path} does not exist")
     # Our own DBCs are checked strictly; third-party ones have overlapping debug signals.
     strict = path.parent == _TGW_DBC_DIR

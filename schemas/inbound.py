@@ -82,6 +82,7 @@ _ADAPTERS: dict[TopicKind, TypeAdapter[Any]] = {
     TopicKind.COMMAND_RESULTS: TypeAdapter(CommandResultMessage),
 }
 _MAX_ERRORS_IN_DETAIL = 3
+_MAX_ERROR_IN_DETAIL = 400
 _DEFAULT_LIMITS = InboundLimits()
 
 
@@ -187,7 +188,12 @@ def _describe(errors: Sequence[Any]) -> str:
     error_list = [error for error in errors if not _is_shadowed_length_error(error, errors)]
     for error in error_list[:_MAX_ERRORS_IN_DETAIL]:
         path = ".".join(str(part) for part in error["loc"]) or "(message)"
-        parts.append(f"{path}: {error['msg']}")
+        part = f"{path}: {error['msg']}"
+        # Keys and values come from the payload (a tag of 60 KiB is quoted whole): a dead
+        # letter's reason stays short (found by fuzzing; tests/unit/test_security_fuzz.py).
+        if len(part) > _MAX_ERROR_IN_DETAIL:
+            part = part[: _MAX_ERROR_IN_DETAIL - 3] + "..."
+        parts.append(part)
     more = len(error_list) - _MAX_ERRORS_IN_DETAIL
     if more > 0:
         parts.append(f"and {more} more")

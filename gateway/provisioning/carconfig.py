@@ -12,7 +12,6 @@ contents never reach a log.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,8 +24,24 @@ __all__ = ["CarConfig", "read_car_config", "write_car_config"]
 
 
 def _toml_string(value: str) -> str:
-    # A JSON string (ASCII, \\uXXXX escapes) is a valid TOML basic string.
-    return json.dumps(value)
+    """A TOML basic string: quote, backslash and control characters escaped, the rest as is.
+
+    Lone surrogates (e.g. from a path decoded with surrogateescape) have no UTF-8 form, so no
+    TOML file can hold them: refused.
+    """
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise ProvisioningError(f"{value!r} cannot be written to TOML (not Unicode text)")
+        if char in '"\\':
+            out.append("\\" + char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
