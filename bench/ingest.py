@@ -67,6 +67,7 @@ class Options:
     work_dir: Path | None
     keep: bool
     profile: Path | None
+    gateway_env: dict[str, str]
 
     @property
     def short_s(self) -> float:
@@ -127,7 +128,21 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=None,
         help="record the gateway workers with py-spy during the maximum phase into this dir",
     )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="TGW_NAME=VALUE",
+        help="a setting for the gateway under test, e.g. TGW_INGEST__BATCH_MAX_DELAY_MS=50 "
+        "(repeatable; default: production defaults)",
+    )
     args = parser.parse_args(argv)
+    gateway_env: dict[str, str] = {}
+    for item in args.gateway_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("TGW_"):
+            parser.error(f"--gateway-env wants TGW_NAME=VALUE, got {item!r}")
+        gateway_env[name] = value
     seconds = float(os.environ.get("BENCH_SECONDS", "60"))
     if seconds < 5:
         parser.error("BENCH_SECONDS must be at least 5")
@@ -146,6 +161,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         work_dir=args.work_dir,
         keep=args.keep,
         profile=args.profile,
+        gateway_env=gateway_env,
     )
 
 
@@ -252,7 +268,13 @@ class IngestBenchmark:
         options = self.options
         accounts = self.stack.add_gateways(options.workers)
         broker = (self.stack.broker.host, self.stack.broker.port)
-        gateway = GatewayProcess(accounts, broker, self.stack.dsn, self.work / "gateway.log")
+        gateway = GatewayProcess(
+            accounts,
+            broker,
+            self.stack.dsn,
+            self.work / "gateway.log",
+            extra_env=options.gateway_env,
+        )
         self.since = time.time()
         self.acked_before = self.load.acked
         say(f"gateway: tgw gateway run --workers {options.workers} ...")
@@ -493,6 +515,7 @@ def run(options: Options) -> dict[str, Any]:
         "publishers": options.publishers,
         "bench_seconds": options.seconds,
         "durable": options.durable,
+        "gateway_env": options.gateway_env,
         "cpus": psutil.cpu_count(),
     }
 
