@@ -29,6 +29,7 @@ from gateway.ingest.metrics import IngestMetrics
 from gateway.ingest.mqtt_source import MqttIngestSource
 from gateway.ingest.pipeline import IngestPipeline
 from gateway.ingest.writer import BatchWriter
+from gateway.insights import InsightRefresher, InsightStore
 from gateway.storage import StorageInfo, detect_storage_mode, log_storage_mode
 from schemas import TopicKind
 
@@ -113,6 +114,8 @@ async def run_gateway(
             pipeline = IngestPipeline(source, writer, settings.ingest, metrics)
             health = HealthProbe(pool, _IngestProgress(source, pipeline))
             fleet = FleetFeed(FleetStore(pool, storage.mode))
+            refresher = InsightRefresher(pool, storage.mode)
+            insights = InsightStore(pool, storage.mode, settings.commands.operating_areas)
             app = create_app(
                 health,
                 metrics.registry,
@@ -120,6 +123,7 @@ async def run_gateway(
                 commands=commands.service,
                 fleet=(fleet.store, fleet),
                 rate_limiter=CommandRateLimiter(pool, settings.commands),
+                insights=(insights, refresher),
             )
             http = EmbeddedHttpServer(app, settings.http.host, settings.http.port)
             async with asyncio.TaskGroup() as tasks:
@@ -133,6 +137,7 @@ async def run_gateway(
                     ),
                     tasks.create_task(_watch_broker(source, metrics), name="broker-watch"),
                     tasks.create_task(fleet.run(), name="fleet-feed"),
+                    tasks.create_task(refresher.run(), name="insights-refresh"),
                 ]
                 helpers += commands.start(tasks, broker=source)
                 log.info(

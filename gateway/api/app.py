@@ -11,11 +11,13 @@ from gateway.api.commands import commands_router
 from gateway.api.console import install_console
 from gateway.api.fleet import fleet_router
 from gateway.api.health import HealthProbe
+from gateway.api.insights import insights_router
 from gateway.api.openapi import install_openapi_conventions
 from gateway.api.problems import install_problem_handlers
 from gateway.api.ratelimit import CommandRateLimiter
 from gateway.commands import CommandService
 from gateway.fleet import FleetFeed, FleetStore
+from gateway.insights import InsightRefresher, InsightStore
 
 __all__ = ["create_app"]
 
@@ -28,6 +30,7 @@ def create_app(
     commands: CommandService | None = None,
     fleet: tuple[FleetStore, FleetFeed] | None = None,
     rate_limiter: CommandRateLimiter | None = None,
+    insights: tuple[InsightStore, InsightRefresher | None] | None = None,
 ) -> FastAPI:
     """Build the HTTP application around the running gateway's parts.
 
@@ -39,6 +42,8 @@ def create_app(
         fleet: the fleet's store and live feed; the fleet routes and the web console are
             mounted when given.
         rate_limiter: limits new commands per operator and per car (none: unlimited).
+        insights: the insight store and refresher; the trips, utilisation, service-list and
+            wear routes are mounted when given.
     """
     # No /docs or /redoc: they load their scripts from a CDN, and the gateway runs offline.
     app = FastAPI(
@@ -59,6 +64,9 @@ def create_app(
         assert authenticator is not None, "the fleet routes need an authenticator"
         app.include_router(fleet_router(*fleet))
         install_console(app)
+    if insights is not None:
+        assert authenticator is not None, "the insights routes need an authenticator"
+        app.include_router(insights_router(*insights))
 
     @app.get("/health", summary="Broker, database and ingest progress")
     async def get_health() -> JSONResponse:
