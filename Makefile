@@ -26,7 +26,7 @@ if [ $$rc -ne 0 ]; then echo "make: !! pytest, $(1): FAILED (exit $$rc)" >&2; ex
 echo "make: -- pytest, $(1): passed in $$((SECONDS - t)) s"
 endef
 
-.PHONY: help setup lint test demo bench-ingest bench-commands
+.PHONY: help setup lint test demo bench-ingest bench-commands chaos bench-storm soak
 
 help:
 	@echo "make test          set up what is missing, then ruff, mypy, pytest (TimescaleDB, then plain PostgreSQL)"
@@ -34,6 +34,9 @@ help:
 	@echo "make setup         Debian packages, TimescaleDB from trixie source, .venv (idempotent)"
 	@echo "make lint          ruff check + mypy --strict (needs .venv: make setup)"
 	@echo "make bench-ingest  set up, then the ingest benchmark"
+	@echo "make chaos         set up, then the fault suite (BENCH_SECONDS per phase, default 400)"
+	@echo "make bench-storm   set up, then 20,000 cars reconnecting with backlogs at once"
+	@echo "make soak          set up, then 30 minutes at half the maximum rate (BENCH_SECONDS)"
 	@echo "make bench-commands  set up, then the commands benchmark (lock/unlock latency, rate)"
 
 setup:
@@ -67,3 +70,12 @@ bench-ingest: setup
 
 bench-commands: setup
 	$(BIN)/python -m bench.commands $(BENCH_ARGS)
+
+chaos: setup
+	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
+
+bench-storm: setup
+	$(BIN)/python -m bench.storm $(BENCH_ARGS)
+
+soak: setup
+	$(BIN)/python -m bench.soak $(BENCH_ARGS)
