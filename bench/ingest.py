@@ -332,6 +332,16 @@ class IngestBenchmark:
             self.results["profile"] = profiler.finish()
         committed = committed_between(self.stack.dsn, self.since, top.start, top.end)
         maximum = committed / top.seconds
+        # CPU per committed message, by part: barely moved by other jobs on the machine, so
+        # it also says what two idle cores could do (`capacity_estimate_msgs_per_s`).
+        per_msg = {
+            name: round(1e6 * top.cpu_s.get(name, 0.0) / committed, 1) if committed else 0.0
+            for name in ("gateway", "broker", "postgres", "load")
+        }
+        ours = sum(per_msg.values())
+        cores = psutil.cpu_count() or 1
+        self.results["cpu_us_per_msg"] = per_msg
+        self.results["capacity_estimate_msgs_per_s"] = round(cores * 1e6 / ours) if ours else None
         self.results |= {
             "committed_msgs_per_s": round(maximum),
             "gateway_reported_msgs_per_s": round(top.rate()),
@@ -471,6 +481,7 @@ _TABLE = (
     ("p50_ms_at_target", "publish to commit, at the target's rate"),
     ("p99_ms_at_target", "publish to commit, at the target's rate"),
     ("gateway_cpu_pct", "all gateway processes, % of one core, maximum phase"),
+    ("capacity_estimate_msgs_per_s", "all cores / CPU per message of gateway+broker+db+load"),
     ("gateway_rss_mb", "all gateway processes together, max RSS, maximum phase"),
     ("gateway_rss_mb_per_process", "largest single gateway process, maximum phase"),
     ("outage_rss_mb", "all gateway processes together, max RSS, database down"),
