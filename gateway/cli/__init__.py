@@ -18,9 +18,11 @@ from gateway.cli import (
     dev,
     fleet_cmd,
     gateway_cmd,
+    insights_cmd,
     keys_cmd,
     pki_cmd,
     provision_cmd,
+    report_cmd,
     schemas_cmd,
     token_cmd,
 )
@@ -42,6 +44,8 @@ app.add_typer(schemas_cmd.app, name="schemas", help="Protocol v1 contract: JSON 
 app.add_typer(token_cmd.app, name="token", help="API tokens with a role: create, list, revoke.")
 app.add_typer(keys_cmd.app, name="keys", help="Command-signing keys (Ed25519).")
 app.add_typer(pki_cmd.app, name="pki", help="The project's CA: broker TLS, client certificates.")
+app.add_typer(insights_cmd.app, name="insights", help="Trips and utilisation: refresh, rebuild.")
+app.add_typer(report_cmd.app, name="report", help="Reports: wear per model for the makers.")
 commands_cmd.register(app)  # tgw lock VIN, tgw unlock VIN, ... and tgw commands show ID
 provision_cmd.register(app)  # tgw provision / deprovision / rotate VIN
 fleet_cmd.register(app)  # tgw vehicles, tgw vehicle VIN, tgw watch

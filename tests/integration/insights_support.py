@@ -225,8 +225,8 @@ class ScriptedCar:
         end = self.now + timedelta(seconds=seconds)
         while True:
             due = self.start + timedelta(seconds=self._sampler.next_due(self.state))
-            if due > end:
-                break
+            if due >= end:
+                break  # a sample due right at the end is taken with whatever happens then
             self.now = max(due, self.now)
             self._observe()
         self.now = end
