@@ -2,8 +2,10 @@
 
 Any gateway instance dispatches: the database decides which one sends a given command (a
 per-car advisory lock plus the row lock, see `CommandStore.dispatch`), so two instances never
-send the same command and a car never has two in flight. The dispatcher wakes on NOTIFY (a
-command was queued, a car became free) and polls besides, so a lost notification only delays.
+send the same command and a car never has two in flight. The dispatcher is woken by its own
+process (it queued a command for a car, or applied the result or the sweep that freed a car:
+no database round trip between the commit and the dispatch, and instances do not all race for
+every command) and polls once a second besides, which covers what other instances changed.
 """
 
 from __future__ import annotations
@@ -67,19 +69,32 @@ class CommandDispatcher:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._pending: set[str] = set()  # cars an event says may have work
+        self._unsure: set[str] = set()  # ... of which only because they became free
         self._again: set[str] = set()  # cars with news while a claim for them was running
         self._claiming: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._slots = asyncio.Semaphore(_CONCURRENCY)
 
     def on_event(self, event: CommandEvent) -> None:
-        """Hub listener: a queued command, or a car leaving flight, may mean work for that car."""
-        if event.status is Status.QUEUED or event.status not in IN_FLIGHT:
-            if event.vin in self._claiming:
-                self._again.add(event.vin)
-            else:
-                self._pending.add(event.vin)
-            self._wake.set()
+        """A queued command, or a car leaving flight, may mean work for that car."""
+        if event.status is Status.QUEUED:
+            self.nudge(event.vin)
+        elif event.status not in IN_FLIGHT and event.status is not Status.VERIFIED:
+            # Verified follows executed, which freed the car already.
+            self.nudge(event.vin, maybe=True)
+
+    def nudge(self, vin: str, *, maybe: bool = False) -> None:
+        """Look at `vin` now: this process queued a command for it, or (`maybe`) saw it become
+        free, when it may or may not have another command waiting (checked first, cheaply)."""
+        if not maybe:
+            self._unsure.discard(vin)
+        elif vin not in self._pending and vin not in self._again:
+            self._unsure.add(vin)
+        if vin in self._claiming:
+            self._again.add(vin)
+        else:
+            self._pending.add(vin)
+        self._wake.set()
 
     async def run(self) -> None:
         last_poll = 0.0
@@ -103,12 +118,18 @@ class CommandDispatcher:
                         continue
                     self._retry_at.pop(vin, None)
                     self._claiming.add(vin)
-                    claims.create_task(self._dispatch(vin), name=f"dispatch:{vin}")
+                    check = vin in self._unsure
+                    self._unsure.discard(vin)
+                    claims.create_task(self._dispatch(vin, check), name=f"dispatch:{vin}")
 
-    async def _dispatch(self, vin: str) -> None:
+    async def _dispatch(self, vin: str, check: bool = False) -> None:
         try:
             async with self._slots:
-                outcome, events = await self._store.dispatch(vin, self._publish)
+                events: list[CommandEvent] = []
+                if check and not await self._store.has_queued(vin):
+                    outcome = DispatchOutcome.NOTHING
+                else:
+                    outcome, events = await self._store.dispatch(vin, self._publish)
             self._metrics.dispatch.labels(outcome.value).inc()
             if outcome is DispatchOutcome.NO_SUBSCRIBER:
                 self._retry_at[vin] = time.monotonic() + _RETRY_NO_SUBSCRIBER_S
@@ -122,6 +143,8 @@ class CommandDispatcher:
                     vin=vin,
                     status=event.status.value,
                 )
+                if event.status not in IN_FLIGHT:  # expired or refused: the next may go
+                    self.nudge(vin, maybe=True)
         except (BrokerError, SigningKeyError) as exc:
             # The transaction rolled back: the command is still queued; try again shortly.
             self._metrics.dispatch.labels("error").inc()

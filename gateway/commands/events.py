@@ -1,4 +1,4 @@
-"""Live command events: one LISTEN connection per gateway, fanned out to streams and the dispatcher.
+"""Live command events: one LISTEN connection per gateway, fanned out to the live streams.
 
 Every state change NOTIFYs `tgw_commands` in the transaction that makes it, so whichever gateway
 instance made the change, every instance hears it once it is committed. A subscriber that falls

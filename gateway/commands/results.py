@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import psycopg
@@ -19,6 +19,7 @@ import structlog
 from psycopg_pool import PoolTimeout
 
 from gateway.commands.metrics import CommandMetrics
+from gateway.commands.models import CommandEvent
 from gateway.commands.store import CommandStore
 from gateway.ingest.inbound import InboundMessage
 from schemas import (
@@ -44,6 +45,10 @@ class ResultAcknowledger(Protocol):
     def ack(self, messages: Sequence[InboundMessage]) -> int: ...
 
 
+def _ignore(_event: CommandEvent) -> None:
+    pass
+
+
 class ResultIntake:
     """Takes routed result messages (`route`) and applies them in `workers` named tasks."""
 
@@ -63,6 +68,8 @@ class ResultIntake:
         self._queues: list[asyncio.Queue[InboundMessage]] = [
             asyncio.Queue() for _ in range(workers)
         ]
+        # Set by the runtime: the state change a result made (a car may be free for the next).
+        self.on_event: Callable[[CommandEvent], None] = _ignore
 
     @property
     def workers(self) -> int:
@@ -121,6 +128,8 @@ class ResultIntake:
             )
             return
         assert applied.effect is not None
+        if applied.event is not None:
+            self.on_event(applied.event)
         self._metrics.results.labels(applied.effect.value).inc()
         log.info(
             "commands.result",

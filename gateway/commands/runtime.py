@@ -26,6 +26,7 @@ from gateway.auth import TokenAuthenticator
 from gateway.commands.dispatcher import CommandDispatcher, CommandPublisher
 from gateway.commands.events import CommandEventHub
 from gateway.commands.metrics import CommandMetrics
+from gateway.commands.models import CommandEvent
 from gateway.commands.results import ResultAcknowledger, ResultIntake
 from gateway.commands.service import CommandService
 from gateway.commands.signing import CommandSigner, load_signing_key
@@ -93,21 +94,28 @@ class CommandSystem:
 
     def start(self, tasks: asyncio.TaskGroup, broker: CommandBroker) -> list[asyncio.Task[None]]:
         """Create the command system's named tasks in `tasks`; return them (for cancelling)."""
+        on_event: Callable[[CommandEvent], None] = _ignore
+        dispatcher = None
+        if self.signer is not None:
+            dispatcher = CommandDispatcher(
+                self.store, self.signer, broker, self.settings, self.metrics
+            )
+            # What this process changes wakes its dispatcher directly (see dispatcher.py).
+            on_event = dispatcher.on_event
+            self.service.on_queued = dispatcher.nudge
+            self.intake.on_event = on_event
         started = [
             tasks.create_task(self.hub.run(), name="command-events"),
             tasks.create_task(
-                run_sweeper(self.store, self.settings, self.metrics), name="command-sweeper"
+                run_sweeper(self.store, self.settings, self.metrics, on_event),
+                name="command-sweeper",
             ),
         ]
         started += [
             tasks.create_task(self.intake.run_worker(i, broker), name=f"command-results-{i}")
             for i in range(self.intake.workers)
         ]
-        if self.signer is not None:
-            dispatcher = CommandDispatcher(
-                self.store, self.signer, broker, self.settings, self.metrics
-            )
-            self.hub.add_listener(dispatcher.on_event)
+        if dispatcher is not None:
             started.append(tasks.create_task(dispatcher.run(), name="command-dispatch"))
         return started
 
@@ -116,8 +124,15 @@ class CommandSystem:
         self.hub.close()
 
 
+def _ignore(_event: CommandEvent) -> None:
+    pass
+
+
 async def run_sweeper(
-    store: CommandStore, settings: CommandSettings, metrics: CommandMetrics
+    store: CommandStore,
+    settings: CommandSettings,
+    metrics: CommandMetrics,
+    on_event: Callable[[CommandEvent], None] = _ignore,
 ) -> None:
     """Resolve overdue commands and verify executed ones, now and every `sweep_interval_s`."""
     while True:
@@ -131,6 +146,7 @@ async def run_sweeper(
             log.warning("commands.sweep_skipped", error=str(exc))
         else:
             for event in events:
+                on_event(event)
                 metrics.swept.labels(event.status.value).inc()
                 log.info(
                     "commands.transition",

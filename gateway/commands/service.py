@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from uuid import UUID
 
 from gateway.commands.errors import CommandRefusedError
@@ -38,6 +38,8 @@ class CommandService:
         self._settings = settings
         self._metrics = metrics
         self._signing_enabled = signing_enabled
+        # Set by the runtime: tells this process's dispatcher a car has a command waiting.
+        self.on_queued: Callable[[str], None] = _ignore
 
     async def request(self, new: NewCommand) -> tuple[CommandRecord, bool]:
         """Queue a command (or find the one with the same idempotency key).
@@ -74,6 +76,7 @@ class CommandService:
             raise
         if created:
             self._metrics.requested.labels(new.action.value).inc()
+            self.on_queued(record.vin)
         return record, created
 
     async def get(self, command_id: UUID) -> CommandRecord | None:
@@ -141,6 +144,10 @@ class CommandService:
                     yield await subscription.next(heartbeat_s)
                 except StopAsyncIteration:
                     return
+
+
+def _ignore(_vin: str) -> None:
+    pass
 
 
 def _history(record: CommandRecord) -> list[CommandEvent]:

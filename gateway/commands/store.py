@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -22,6 +23,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -288,6 +290,22 @@ class CommandStore:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection in autocommit mode: a lone statement is its own transaction, one
+        round trip instead of three (BEGIN, the statement, COMMIT); several statements that
+        must be atomic still go in `conn.transaction()`."""
+        async with self._pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                # Back as the pool lends it; a connection that cannot be reset is not lent again.
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    await conn.set_autocommit(False)
+                else:
+                    await conn.close()
+
     # --- requests (API) ----------------------------------------------------------------------
 
     async def create(
@@ -370,7 +388,7 @@ class CommandStore:
     async def get(self, command_id: UUID) -> CommandRecord | None:
         """One command with its transitions, read in one statement (one snapshot), so the
         history and the current state always agree."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(_GET_COMMAND, (command_id,))
             row = await cur.fetchone()
@@ -381,7 +399,7 @@ class CommandStore:
 
     async def list_for_vehicle(self, vin: str, *, limit: int, cursor: str | None) -> CommandPage:
         after = _decode_cursor(cursor) if cursor else None
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             if after is None:
                 await cur.execute(
@@ -406,7 +424,7 @@ class CommandStore:
 
     async def latest_state(self, vin: str) -> tuple[bool, dict[str, Any] | None]:
         """(whether the car is known, its latest state row or None)."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
                 "SELECT v.vin AS known, s.* FROM vehicles v "
@@ -419,7 +437,7 @@ class CommandStore:
         return True, (row if row.get("time") is not None else None)
 
     async def vehicle_exists(self, vin: str) -> bool:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute("SELECT 1 FROM vehicles WHERE vin = %s", (vin,))
             return await cur.fetchone() is not None
 
@@ -427,7 +445,7 @@ class CommandStore:
 
     async def dispatchable(self, limit: int) -> list[str]:
         """Cars with a queued command and none in flight, oldest waiting first."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 """
                 SELECT q.vin FROM commands q
@@ -439,6 +457,16 @@ class CommandStore:
                 (_IN_FLIGHT, limit),
             )
             return [row[0] for row in await cur.fetchall()]
+
+    async def has_queued(self, vin: str) -> bool:
+        """Whether the car has a command waiting (one statement; `dispatch` decides for sure)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM commands WHERE vin = %s AND status = 'queued')",
+                (vin,),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def dispatch(
         self, vin: str, publish: Publish
@@ -563,55 +591,61 @@ class CommandStore:
 
     async def apply_result(self, result: CommandResultMessage) -> ResultApplied:
         """Apply one validated result; unknown commands and foreign VINs are not applied."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            # The usual case in one statement: the car's answer moves its command on.
+            # The usual case: one statement (its own transaction) moves the command on.
             events = await self._apply(cur, result)
             if events:
                 return ResultApplied(ResultEffect.APPLY, event=events[0])
-            # Otherwise find out why not, with the row locked so that it cannot change meanwhile.
-            await cur.execute(
-                "SELECT vin, status FROM commands WHERE id = %s FOR UPDATE", (result.command_id,)
+            async with conn.transaction():
+                return await self._not_applied(cur, result)
+
+    async def _not_applied(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], result: CommandResultMessage
+    ) -> ResultApplied:
+        """Why a result did not apply (in a transaction, with the row locked meanwhile)."""
+        await cur.execute(
+            "SELECT vin, status FROM commands WHERE id = %s FOR UPDATE", (result.command_id,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return ResultApplied(
+                None,
+                "unknown_command",
+                f"no command {result.command_id} was ever sent: result not applied",
             )
-            row = await cur.fetchone()
-            if row is None:
-                return ResultApplied(
-                    None,
-                    "unknown_command",
-                    f"no command {result.command_id} was ever sent: result not applied",
+        if row["vin"] != result.vin:
+            return ResultApplied(
+                None,
+                "vin_mismatch",
+                f"command {result.command_id} is for {row['vin']}, "
+                f"but {result.vin} answered it: result not applied",
+            )
+        effect = effect_of_result(Status(row["status"]), result.outcome)
+        if effect is ResultEffect.APPLY:  # it moved between the two statements
+            events = await self._apply(cur, result)
+            return ResultApplied(effect, event=events[0] if events else None)
+        if effect in (ResultEffect.LATE, ResultEffect.CONFLICT):
+            await cur.execute(
+                """
+                WITH late AS (
+                    UPDATE commands SET late_outcome = %(outcome)s, late_outcome_at = now()
+                    WHERE id = %(id)s RETURNING requested_by, vin, status
                 )
-            if row["vin"] != result.vin:
-                return ResultApplied(
-                    None,
-                    "vin_mismatch",
-                    f"command {result.command_id} is for {row['vin']}, "
-                    f"but {result.vin} answered it: result not applied",
-                )
-            effect = effect_of_result(Status(row["status"]), result.outcome)
-            if effect is ResultEffect.APPLY:  # it moved between the two statements
-                events = await self._apply(cur, result)
-                return ResultApplied(effect, event=events[0] if events else None)
-            if effect in (ResultEffect.LATE, ResultEffect.CONFLICT):
-                await cur.execute(
-                    """
-                    WITH late AS (
-                        UPDATE commands SET late_outcome = %(outcome)s, late_outcome_at = now()
-                        WHERE id = %(id)s RETURNING requested_by, vin, status
-                    )
-                    INSERT INTO audit_log (actor, action, target, detail)
-                    SELECT requested_by, 'command.late_result', vin, jsonb_build_object(
-                        'command_id', %(id)s::uuid, 'status', status, 'outcome', %(outcome)s::text,
-                        'reason', %(reason)s::text, 'effect', %(effect)s::text)
-                    FROM late
-                    """,
-                    {
-                        "id": result.command_id,
-                        "outcome": result.outcome.value,
-                        "reason": result.reason.value if result.reason else None,
-                        "effect": effect.value,
-                    },
-                )
-            return ResultApplied(effect)
+                INSERT INTO audit_log (actor, action, target, detail)
+                SELECT requested_by, 'command.late_result', vin, jsonb_build_object(
+                    'command_id', %(id)s::uuid, 'status', status, 'outcome', %(outcome)s::text,
+                    'reason', %(reason)s::text, 'effect', %(effect)s::text)
+                FROM late
+                """,
+                {
+                    "id": result.command_id,
+                    "outcome": result.outcome.value,
+                    "reason": result.reason.value if result.reason else None,
+                    "effect": effect.value,
+                },
+            )
+        return ResultApplied(effect)
 
     async def _apply(
         self, cur: psycopg.AsyncCursor[dict[str, Any]], result: CommandResultMessage
@@ -646,7 +680,7 @@ class CommandStore:
         payload: bytes,
         max_payload_bytes: int,
     ) -> None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO dead_letters "
                 "(received_at, topic, vin, reason, detail, payload, payload_size) "
@@ -682,12 +716,11 @@ class CommandStore:
             (_TIME_OUT, Status.TIMED_OUT),
             (_VERIFY, Status.VERIFIED),
         )
-        async with self._pool.connection() as conn:
-            for statement, to in statements:
-                async with conn.transaction():
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(statement, {**params, "to": to.value})
-                    events += [_event(row) for row in await cur.fetchall()]
+        async with self._connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            for statement, to in statements:  # each statement is its own transaction
+                await cur.execute(statement, {**params, "to": to.value})
+                events += [_event(row) for row in await cur.fetchall()]
         return events
 
 
