@@ -40,11 +40,14 @@ __all__ = [
     "encode_properties",
 ]
 
-AckCallback = Callable[[bool], None]  # called with True when the broker accepted the message
+# Called with the PUBACK reason code: 0 accepted, 0x10 accepted but no subscriber, >= 0x80 refused.
+AckCallback = Callable[[int], None]
 _T = TypeVar("_T")
 
 # Control packet types (first byte, high nibble).
 _CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
+NO_MATCHING_SUBSCRIBERS = 0x10  # PUBACK: accepted, but nobody subscribed, so nobody got it
+REFUSED = 0x80  # PUBACK reason codes from here on are refusals
 _SUBSCRIBE, _SUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = 8, 9, 12, 13, 14
 _PINGREQ_PACKET = b"\xc0\x00"
 _DISCONNECT_PACKET = b"\xe0\x00"  # reason 0: normal disconnection, the broker drops the will
@@ -451,7 +454,7 @@ class MqttLink:
         if qos == 0:
             self._write(_packet(0x30 | retain, _utf8(topic) + props + data))
             if on_ack is not None:
-                on_ack(True)
+                on_ack(0)
             return
         packet_id = self._packet_id()
         body = _utf8(topic) + packet_id.to_bytes(2, "big") + props + data
@@ -475,9 +478,9 @@ class MqttLink:
         """Publish and wait (bounded) for the acknowledgement; True if the broker accepted it."""
         future: asyncio.Future[bool] = self._loop.create_future()
 
-        def done(accepted: bool) -> None:
+        def done(reason_code: int) -> None:
             if not future.done():
-                future.set_result(accepted)
+                future.set_result(reason_code < REFUSED)
 
         self.publish(topic, payload, qos=qos, retain=retain, properties=properties, on_ack=done)
         return await self._wait(future, f"PUBACK for {topic}")
@@ -628,14 +631,14 @@ class MqttLink:
 
     def _on_puback(self, body: bytes) -> None:
         packet_id = int.from_bytes(body[:2], "big")
-        accepted = len(body) < 3 or body[2] < 0x80
+        reason_code = body[2] if len(body) >= 3 else 0
         callback = self._pending.pop(packet_id, None)
         if self._held:
             packet, held_callback, held_id = self._held.popleft()
             self._pending[held_id] = held_callback
             self._write(packet)
         if callback is not None:
-            callback(accepted)
+            callback(reason_code)
 
     def _on_publish(self, first: int, body: bytes) -> None:
         qos = (first >> 1) & 0x03

@@ -50,7 +50,14 @@ from device_sim.commands import (
 )
 from device_sim.errors import BrokerError, CredentialsRefusedError, OutboxError
 from device_sim.ledger import Ledger, NullLedger
-from device_sim.mqtt import InboundMessage, MqttLink, PublishProperties, Will
+from device_sim.mqtt import (
+    NO_MATCHING_SUBSCRIBERS,
+    REFUSED,
+    InboundMessage,
+    MqttLink,
+    PublishProperties,
+    Will,
+)
 from device_sim.outbox import OutboxKind, OutboxRecord, VehicleOutbox
 from device_sim.profiles import SignalProfile
 from device_sim.settings import MqttSettings, UnitSettings
@@ -84,6 +91,9 @@ FIRMWARE = "tgw-device-sim/0.1"
 # Room for the envelope ({"v":1,"vin":...,"boot_id":...,"samples":[...]}) in a batch.
 _ENVELOPE_BYTES = 256
 _GOODBYE_S = 5.0
+# Resend pauses while the broker reports no subscriber for our messages.
+_RETRY_MIN_S = 1.0
+_RETRY_MAX_S = 30.0
 _MAX_CORRELATION_BYTES = 256
 # Executed command ids are kept a week past their deadline (clock corrections included).
 _COMMAND_MEMORY_MS = 7 * 24 * 3600 * 1000
@@ -147,6 +157,7 @@ class UnitCounters:
     commands_failed: int = 0
     commands_unanswerable: int = 0
     publish_refused: int = 0  # the broker answered PUBACK with an error (e.g. not authorised)
+    no_subscriber_retries: int = 0  # PUBACK "no matching subscribers": kept and sent again
     duplicates_sent: int = 0
     malformed_sent: int = 0
     corrupt_rows: int = 0
@@ -247,6 +258,7 @@ class TelematicsUnit:
         self._first_values_at: float | None = None
         self._last_sample_at: float | None = None
         self._inflight = 0  # live messages awaiting their PUBACK
+        self._retry_delay_s = _RETRY_MIN_S  # grows while nobody subscribes; reset by a delivery
         self._backlog_inflight = 0
         self._backlog_slot = asyncio.Event()
         self._quiet = asyncio.Event()  # set when the last message in flight is acknowledged
@@ -669,18 +681,36 @@ class TelematicsUnit:
             self._inflight += 1
         return True
 
-    def _acked(self, batch: list[_Live], backlog: bool, accepted: bool) -> None:
+    def _acked(self, batch: list[_Live], backlog: bool, reason_code: int) -> None:
         if backlog:
             self._backlog_inflight -= 1
             self._backlog_slot.set()
         else:
             self._inflight -= 1
-        self._done(batch, backlog=backlog, accepted=accepted, sent=True)
+        if reason_code == NO_MATCHING_SUBSCRIBERS:
+            # The broker kept nothing (e.g. it restarted and the gateway has not subscribed
+            # again yet): the rows stay queued on disk and go out again after a pause.
+            self.counters.no_subscriber_retries += 1
+            self._retry_later(batch, backlog)
+        else:
+            self._retry_delay_s = _RETRY_MIN_S
+            self._done(batch, backlog=backlog, accepted=reason_code < REFUSED, sent=True)
         while self._waiting and self._inflight < self._mqtt.max_inflight:
             if not self._send(self._take_live_batch()):
                 break
         if not (self._inflight or self._backlog_inflight or self._waiting):
             self._quiet.set()
+
+    def _retry_later(self, batch: list[_Live], backlog: bool) -> None:
+        delay = self._retry_delay_s
+        self._retry_delay_s = min(delay * 2, _RETRY_MAX_S)
+        session = self.counters.sessions
+        asyncio.get_running_loop().call_later(delay, self._resend, batch, backlog, session)
+
+    def _resend(self, batch: list[_Live], backlog: bool, session: int) -> None:
+        # A later session drains these rows from disk itself: only this session resends them.
+        if session == self.counters.sessions and self._session_open:
+            self._send(batch, backlog=backlog)
 
     def _done(self, batch: list[_Live], *, backlog: bool, accepted: bool, sent: bool) -> None:
         # Acknowledged (or unsendable): the rows leave the queue, the ledger notes them once.

@@ -136,6 +136,30 @@ async def test_store_and_forward_across_a_broker_restart(
     assert gateway.rejected == []
 
 
+async def test_messages_nobody_subscribed_to_stay_queued_until_the_gateway_is_back(
+    private_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # A restarted Mosquitto 2.0 forgets the gateway's $share subscription until the gateway
+    # reconnects; meanwhile it answers PUBACK 0x10 and keeps nothing. The car must keep the rows.
+    broker = private_broker
+    vin = random_vin()
+    password = broker.add_car(vin)
+    async with running_car(
+        broker, tmp_path / "q.sqlite", vin=vin, password=password, settings=_settings()
+    ) as car:
+        await wait_until(
+            lambda: car.unit.counters.no_subscriber_retries >= 3, what="PUBACKs with no subscriber"
+        )
+        produced_unheard = car.unit.counters.samples
+        assert car.unit.counters.rows_acknowledged == 0
+        async with GatewayProbe(broker) as gateway:
+            await wait_until(
+                lambda: {s for _, s in gateway.samples(vin)} >= set(range(produced_unheard)),
+                what="every sample produced while nobody listened",
+            )
+        assert gateway.rejected == []
+
+
 async def test_the_queue_survives_the_units_own_restart(
     private_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
