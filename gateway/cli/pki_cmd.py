@@ -58,16 +58,25 @@ def init(
 @app.command("issue")
 def issue(
     name: Annotated[str, typer.Argument(help="Common name: a VIN, or a gateway account name.")],
+    *,
     out: Annotated[Path, typer.Option(help="Directory for NAME.crt and NAME.key.")],
     ca_cert: Annotated[Path, typer.Option(help="The CA certificate (ca.crt).")],
     ca_key: Annotated[Path, typer.Option(help="The CA key (ca.key).")],
     days: Annotated[int, typer.Option(help="How long the certificate is valid.", min=1)] = 397,
+    server_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server-name",
+            help="Issue a server certificate for these DNS names / IP addresses instead "
+            "(renewing the broker's: repeat it for each name clients use).",
+        ),
+    ] = None,
 ) -> None:
-    """Issue a client certificate (for a broker that requires them)."""
+    """Issue a client certificate (for a broker that requires them), or a server certificate."""
     if not name or any(c in name for c in "/\\:+# \n"):
         raise PkiError(f"{name!r} cannot be a certificate name (no / \\ : + # or spaces)")
     authority = CertificateAuthority.load(ca_cert, ca_key)
-    issued = authority.issue(name, days=days)
+    issued = authority.issue(name, days=days, server_names=server_name or ())
     cert_path, key_path = out / f"{name}.crt", out / f"{name}.key"
     issued.write(cert_path, key_path)
     typer.echo(f"certificate: {cert_path} (valid until {issued.not_after:%Y-%m-%d})")
