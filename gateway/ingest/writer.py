@@ -105,10 +105,12 @@ _MOVE_EVENTS = sql.SQL(
     "INSERT INTO events ({cols}) SELECT {cols} FROM stage_events ON CONFLICT DO NOTHING"
 ).format(cols=_columns(_EVENT_COLUMNS))
 # Latest state only moves forward in device time; a signal a sample lacks keeps its value.
+# Rows go in VIN order, as in every statement here that touches per-car rows: gateway
+# instances writing overlapping batches then lock them in the same order and cannot deadlock.
 _MOVE_LATEST = sql.SQL(
     """
     INSERT INTO latest_state AS cur ({cols}, updated_at)
-    SELECT {cols}, now() FROM stage_latest
+    SELECT {cols}, now() FROM stage_latest ORDER BY vin
     ON CONFLICT (vin) DO UPDATE SET
         time = EXCLUDED.time, boot_id = EXCLUDED.boot_id, seq = EXCLUDED.seq,
         {merge}, updated_at = now()
@@ -124,7 +126,7 @@ _MOVE_LATEST = sql.SQL(
 _TOUCH_VEHICLES = sql.SQL(
     """
     INSERT INTO vehicles AS v (vin, last_seen_at)
-    SELECT * FROM unnest(%s::text[], %s::timestamptz[])
+    SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS seen (vin, at) ORDER BY vin
     ON CONFLICT (vin) DO UPDATE
         SET last_seen_at = GREATEST(v.last_seen_at, EXCLUDED.last_seen_at), stale = false
     """
@@ -316,7 +318,7 @@ class BatchWriter:
     async def _apply_statuses(cur: psycopg.AsyncCursor[Any], statuses: list[StatusUpdate]) -> None:
         if not statuses:
             return
-        ordered = sorted(statuses, key=lambda status: status.changed_at)
+        ordered = sorted(statuses, key=lambda status: (status.vin, status.changed_at))
         await cur.executemany(
             _APPLY_STATUS,
             [
