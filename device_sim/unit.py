@@ -259,6 +259,7 @@ class TelematicsUnit:
         self._last_sample_at: float | None = None
         self._inflight = 0  # live messages awaiting their PUBACK
         self._retry_delay_s = _RETRY_MIN_S  # grows while nobody subscribes; reset by a delivery
+        self._connect_ts = 0  # when the current connection was opened (birth and will)
         self._backlog_inflight = 0
         self._backlog_slot = asyncio.Event()
         self._quiet = asyncio.Event()  # set when the last message in flight is acknowledged
@@ -458,6 +459,9 @@ class TelematicsUnit:
 
     def _new_link(self) -> MqttLink:
         mqtt = self._mqtt
+        # Birth and will of one connection carry the same time (protocol 5): the gateway can
+        # then tell a late will of an old connection from the loss of the current one.
+        self._connect_ts = self._clock.now_ms()
         return MqttLink(
             host=mqtt.host,
             port=mqtt.port,
@@ -467,7 +471,7 @@ class TelematicsUnit:
             on_message=self._on_inbound,
             will=Will(
                 self._topics[TopicKind.STATUS],
-                self._status(False, StatusReason.CONNECTION_LOST, self._clock.now_ms()),
+                self._status(False, StatusReason.CONNECTION_LOST, self._connect_ts),
             ),
             keepalive_s=mqtt.keepalive_s,
             # Keep the session: commands queued while away still arrive (until they expire).
@@ -502,7 +506,7 @@ class TelematicsUnit:
         self._inflight = self._backlog_inflight = 0
         await link.publish_and_wait(
             self._topics[TopicKind.STATUS],
-            self._status(True, StatusReason.CONNECTED, self._clock.now_ms()),
+            self._status(True, StatusReason.CONNECTED, self._connect_ts),
             retain=True,
         )
         await link.subscribe(command_topic(self.vin), qos=1)

@@ -64,6 +64,9 @@ class StatusUpdate:
     model: str | None
     firmware: str | None
     capabilities: tuple[str, ...] | None
+    # Applied only over a state that changed no later than this: a will carries its
+    # connection's start, so a late will of an old connection cannot undo a newer birth.
+    applies_after: datetime
 
 
 @dataclass(slots=True)
@@ -221,7 +224,8 @@ class IngestBatch:
     def _add_status(self, message: StatusMessage, received_at: datetime) -> None:
         # A will's ts is its connect time; the moment the broker sent it is ours.
         lost = message.reason is StatusReason.CONNECTION_LOST
-        changed_at = received_at if lost else ms_to_datetime(message.ts)
+        sent_at = ms_to_datetime(message.ts)
+        changed_at = received_at if lost else sent_at
         self.statuses.append(
             StatusUpdate(
                 vin=message.vin,
@@ -233,5 +237,6 @@ class IngestBatch:
                 capabilities=(
                     tuple(str(c) for c in message.capabilities) if message.capabilities else None
                 ),
+                applies_after=sent_at,
             )
         )

@@ -131,7 +131,8 @@ _TOUCH_VEHICLES = sql.SQL(
         SET last_seen_at = GREATEST(v.last_seen_at, EXCLUDED.last_seen_at), stale = false
     """
 )
-# Connectivity moves forward in time too: an old will arriving late cannot flip a car offline.
+# Connectivity moves forward in time too: an old will arriving late cannot flip a car offline
+# (the last parameter is StatusUpdate.applies_after).
 _APPLY_STATUS = sql.SQL(
     """
     INSERT INTO vehicles AS v
@@ -146,7 +147,7 @@ _APPLY_STATUS = sql.SQL(
         capabilities = CASE WHEN %s::text[] IS NULL THEN v.capabilities
                             ELSE EXCLUDED.capabilities END,
         stale = false
-    WHERE v.online_changed_at IS NULL OR v.online_changed_at <= EXCLUDED.online_changed_at
+    WHERE v.online_changed_at IS NULL OR v.online_changed_at <= %s::timestamptz
     """
 )
 _REGISTERED = sql.SQL("SELECT vin FROM vehicles WHERE vin = ANY(%s)")
@@ -331,6 +332,7 @@ class BatchWriter:
                     s.firmware,
                     list(s.capabilities) if s.capabilities is not None else None,
                     list(s.capabilities) if s.capabilities is not None else None,
+                    s.applies_after,
                 )
                 for s in ordered
             ],

@@ -205,12 +205,13 @@ async def test_last_will_sets_offline_and_silence_marks_stale(
     mqtt_broker: MosquittoBroker, migrated_database: str, car_credentials: CarFactory
 ) -> None:
     account = car_credentials()
+    connected_at = now_ms()  # birth and will of one connection carry its start (protocol 5)
     will = {
         "v": 1,
         "vin": account.username,
         "online": False,
         "reason": "connection_lost",
-        "ts": now_ms(),
+        "ts": connected_at,
     }
     car = Car(account, will=will)
     birth = {
@@ -218,7 +219,7 @@ async def test_last_will_sets_offline_and_silence_marks_stale(
         "vin": car.vin,
         "online": True,
         "reason": "connected",
-        "ts": now_ms(),
+        "ts": connected_at,
         "boot_id": "b1",
         "capabilities": [],
     }
@@ -266,3 +267,33 @@ async def test_database_outage_mid_stream_loses_nothing(
         migrated_database, "SELECT count(DISTINCT seq), min(seq), max(seq) FROM telemetry"
     )
     assert rows == [(150, 0, 149)]
+
+
+async def test_late_will_of_an_old_connection_does_not_undo_a_newer_birth(
+    mqtt_broker: MosquittoBroker, migrated_database: str, car_credentials: CarFactory
+) -> None:
+    car = Car(car_credentials())
+    first_connection, second_connection = now_ms() - 60_000, now_ms()
+    birth = {
+        "v": 1, "vin": car.vin, "online": True, "reason": "connected", "ts": second_connection,
+        "boot_id": "b2", "capabilities": [],
+    }  # fmt: skip
+    old_will = {
+        "v": 1, "vin": car.vin, "online": False, "reason": "connection_lost",
+        "ts": first_connection,
+    }  # fmt: skip
+    settings = gateway_settings(mqtt_broker, migrated_database)
+    online = "SELECT online FROM vehicles WHERE vin = %s"
+    async with running_gateway(settings):
+        car.publish(TopicKind.STATUS, birth)
+        await wait_for_value(migrated_database, online, (car.vin,), True)
+        car.publish(TopicKind.STATUS, old_will)
+        # A message after the will proves the gateway has processed the will too.
+        car.publish(TopicKind.TELEMETRY, telemetry(car.vin, 1, now_ms()))
+        await wait_for_value(
+            migrated_database, "SELECT count(*) FROM telemetry WHERE vin = %s", (car.vin,), 1
+        )
+        assert await fetch(migrated_database, online, (car.vin,)) == [(True,)]
+        car.publish(TopicKind.STATUS, {**old_will, "ts": second_connection})
+        await wait_for_value(migrated_database, online, (car.vin,), False)
+    car.close()
