@@ -270,6 +270,8 @@ def _load_profile_file(path: Path) -> SignalProfile:
         raise ProfileError(f"cannot read vehicle profile {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"vehicle profile {path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses per nesting level (found by fuzzing)
+        raise ProfileError(f"vehicle profile {path} is nested too deeply") from exc
     try:
         spec = _ProfileFile.model_validate(document)
     except ValidationError as exc:

@@ -125,6 +125,8 @@ def read_car_config(path: Path, *, vin: str, model: str | None = None) -> CarCon
         ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProvisioningError(f"{path} is not TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses per nesting level
+        raise ProvisioningError(f"{path} is nested too deeply to be a car's configuration") from exc
     if f"configuration of {vin} " not in text.partition("\n")[0]:
         raise ProvisioningError(f"{path} is not the configuration of {vin}")
     mqtt = document.get("mqtt", {})

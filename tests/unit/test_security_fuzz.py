@@ -22,6 +22,7 @@ import tomllib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import can
@@ -82,6 +83,16 @@ def _report_counts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 def tried(name: str) -> None:
     COUNTS[name] += 1
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory for the whole module; each example writes a file of its own name."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _file(scratch: Path, suffix: str) -> Path:
+    return scratch / f"{uuid.uuid4().hex}{suffix}"
 
 
 def _check_uplink(topic: str, payload: bytes) -> Accepted | Rejected:
@@ -219,11 +230,9 @@ config_text = st.text(max_size=400) | st.builds(
 
 @FUZZ
 @given(text=config_text)
-def test_car_configuration_reader_fails_only_with_its_error(
-    text: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_car_configuration_reader_fails_only_with_its_error(text: str, scratch: Path) -> None:
     tried("provisioning.car_config")
-    path = tmp_path_factory.mktemp("cfg") / "car.toml"
+    path = _file(scratch, ".toml")
     path.write_text(text, encoding="utf-8")
     with contextlib.suppress(ProvisioningError):
         read_car_config(path, vin=VIN)
@@ -235,10 +244,10 @@ def test_car_configuration_reader_fails_only_with_its_error(
     keys=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=70), max_size=3),
 )
 def test_car_configuration_round_trips_any_strings(
-    password: str, keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    password: str, keys: dict[str, str], scratch: Path
 ) -> None:
     tried("provisioning.car_config_roundtrip")
-    path = tmp_path_factory.mktemp("cfg") / "car.toml"
+    path = _file(scratch, ".toml")
     config = CarConfig(
         VIN, "bmw_e8x", "broker.example", 8883, password, keys, password_fallback=password[::-1]
     )
@@ -265,11 +274,9 @@ def test_car_configuration_round_trips_any_strings(
         st.tuples(st.text(VIN_ALPHABET + "io, ", max_size=20), st.text(max_size=12)), max_size=6
     ).map(lambda rows: "vin,model\n" + "\n".join(f"{a},{b}" for a, b in rows))
 )
-def test_cars_csv_reader_fails_only_with_its_error(
-    text: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_cars_csv_reader_fails_only_with_its_error(text: str, scratch: Path) -> None:
     tried("provisioning.cars_csv")
-    path = tmp_path_factory.mktemp("csv") / "cars.csv"
+    path = _file(scratch, ".csv")
     path.write_text(text, encoding="utf-8")
     try:
         rows = read_cars_csv(path)
@@ -281,11 +288,9 @@ def test_cars_csv_reader_fails_only_with_its_error(
 
 @FUZZ
 @given(text=st.text(max_size=400))
-def test_password_file_reader_never_keeps_a_line_without_a_hash(
-    text: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_password_file_reader_never_keeps_a_line_without_a_hash(text: str, scratch: Path) -> None:
     tried("provisioning.password_file")
-    path = tmp_path_factory.mktemp("pw") / "passwd"
+    path = _file(scratch, ".passwd")
     path.write_text(text, encoding="utf-8")
     entries = AccountFiles(path).read()
     for username, hashed in entries.accounts.items():
@@ -354,9 +359,7 @@ _DBC_SOURCES = [
 
 @FUZZ
 @given(data=st.data())
-def test_profile_loading_fails_only_with_profile_error(
-    data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_profile_loading_fails_only_with_profile_error(data: st.DataObject, scratch: Path) -> None:
     tried("device.profile")
     base = _PROFILES[data.draw(st.sampled_from(sorted(_PROFILES)))]
     document = data.draw(mutated(base) | st.just(base))
@@ -365,9 +368,13 @@ def test_profile_loading_fails_only_with_profile_error(
             **document,
             "dbc": data.draw(st.lists(st.sampled_from(_DBC_SOURCES), max_size=3)),
         }
-    directory = tmp_path_factory.mktemp("profile")
+    directory = scratch / uuid.uuid4().hex
+    directory.mkdir()
     (directory / "garbage.dbc").write_bytes(data.draw(st.binary(max_size=300)))
-    text = to_toml(document) if isinstance(document, dict) else data.draw(st.text(max_size=200))
+    try:
+        text = to_toml(document) if isinstance(document, dict) else data.draw(st.text(max_size=200))
+    except RecursionError:  # our little writer, on a value nested hundreds deep
+        text = "name = " + "[" * 400 + "]" * 400
     path = directory / "fuzzed.toml"
     path.write_text(text, encoding="utf-8")
     try:
@@ -379,11 +386,23 @@ def test_profile_loading_fails_only_with_profile_error(
     assert profile.mappings is not None
 
 
+deep_toml = st.builds(
+    lambda key, opener, depth: f"{key} = " + opener * depth + "1" + "]}"[opener == "{a = "] * depth,
+    st.sampled_from(["name", "signals", "x"]),
+    st.sampled_from(["[", "{a = "]),
+    st.integers(1, 20_000),
+)
+
+
 @FUZZ
-@given(text=st.text(max_size=500) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
-def test_profile_loading_of_any_text(text: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+@given(
+    text=st.text(max_size=500)
+    | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+    | deep_toml
+)
+def test_profile_loading_of_any_text(text: str, scratch: Path) -> None:
     tried("device.profile_text")
-    path = tmp_path_factory.mktemp("profile") / "any.toml"
+    path = _file(scratch, ".toml")
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ProfileError):
         load_profile(path)
