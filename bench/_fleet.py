@@ -40,6 +40,12 @@ class FleetProgressLine:
     queued: int
     cpu_pct: float
     seen_at: float  # time.monotonic() when read
+    seen_wall: float  # time.time() when read
+
+    @property
+    def clock_origin(self) -> float:
+        """The wall-clock time the fleet's own clock (its --dead-zone-after) counts from."""
+        return self.seen_wall - self.elapsed_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,7 @@ class FleetProcess:
                 queued=int(values["queued"]),
                 cpu_pct=float(values["cpu"]),
                 seen_at=time.monotonic(),
+                seen_wall=time.time(),
             )
             with self._lock:
                 self._progress = progress
