@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ __all__ = ["HttpClient", "HttpError", "Response", "sse_events"]
 
 _HEAD_END = b"\r\n\r\n"
 _READ_LIMIT = 1 << 20
+# uvicorn closes a keep-alive connection after 5 s idle; one idle this long is not reused (a
+# request written just as the server closes it would fail without having been processed).
+_MAX_IDLE_S = 3.0
 
 
 class HttpError(Exception):
@@ -95,7 +99,7 @@ class HttpClient:
         self._port = port
         self._authority = f"{host}:{port}"
         self._token = token
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._slots = asyncio.Semaphore(connections)
         self._open: set[asyncio.StreamWriter] = set()
 
@@ -118,13 +122,7 @@ class HttpClient:
     async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
         """Send one request and read its whole response."""
         async with self._slots:
-            if self._idle:
-                reader, writer = self._idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(
-                    self._host, self._port, limit=_READ_LIMIT
-                )
-                self._open.add(writer)
+            reader, writer = await self._connection()
             try:
                 writer.write(_request(method, path, self._authority, self._token, body))
                 status, headers = await _read_head(reader)
@@ -137,8 +135,19 @@ class HttpClient:
                 self._open.discard(writer)
                 writer.close()
             else:
-                self._idle.append((reader, writer))
+                self._idle.append((reader, writer, time.monotonic()))
             return Response(status, headers, data)
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if time.monotonic() - since < _MAX_IDLE_S and not reader.at_eof():
+                return reader, writer
+            self._open.discard(writer)
+            writer.close()
+        reader, writer = await asyncio.open_connection(self._host, self._port, limit=_READ_LIMIT)
+        self._open.add(writer)
+        return reader, writer
 
 
 async def sse_events(

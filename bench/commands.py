@@ -169,6 +169,15 @@ def _percentile(values: Sequence[float], share: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def _cpu_pct(before: dict[str, float], after: dict[str, float], since: float) -> dict[str, float]:
+    """% of one core each part used between two meter samples; `other`: the rest of the box."""
+    seconds = time.monotonic() - since
+    cpu = {k: 100 * (after[k] - before.get(k, after[k])) / seconds for k in after}
+    ours = sum(v for k, v in cpu.items() if k != "machine")
+    cpu["other"] = max(cpu["machine"] - ours, 0.0)
+    return cpu
+
+
 def _gateway_env(key_file: Path) -> dict[str, str]:
     env = {
         "TGW_COMMANDS__SIGNING_KEY_FILE": str(key_file),
@@ -284,6 +293,10 @@ class CommandsBenchmark:
         async with Operator("127.0.0.1", gateway.ports, token, connections) as operator:
             self.operator = operator
             if "idle" in phases:  # 1: one car, nothing else running
+                say("quiet: 1 car, no commands, 3 s (the CPU baseline of the idle phase) ...")
+                before, started = self.meters.sample(), time.monotonic()
+                await asyncio.sleep(3.0)
+                self.cpu["quiet"] = _cpu_pct(before, self.meters.sample(), started)
                 say(f"idle: 1 car, one command at a time, 2 s warm-up, {options.latency_s:.0f} s")
                 await self._phase(
                     "idle",
@@ -355,12 +368,7 @@ class CommandsBenchmark:
         await asyncio.wait({task}, timeout=warmup_s)
         before, started = self.meters.sample(), time.monotonic()
         measure_from, end = await task
-        after = self.meters.sample()
-        seconds = time.monotonic() - started
-        cpu = {k: 100 * (after[k] - before.get(k, after[k])) / seconds for k in after}
-        ours = sum(v for k, v in cpu.items() if k != "machine")
-        cpu["other"] = max(cpu["machine"] - ours, 0.0)
-        self.cpu[name] = cpu
+        self.cpu[name] = _cpu_pct(before, self.meters.sample(), started)
         self._summarise(name, end - measure_from)
 
     def _start_profiler(self, gateway: GatewayProcess) -> Any:
@@ -412,19 +420,35 @@ class CommandsBenchmark:
         if phase == "throughput":
             self.results["commands_per_s"] = round(len(latencies) / seconds, 1)
 
-    def _cpu_per_command(self) -> dict[str, float]:
-        """CPU milliseconds each part spends per command: the throughput phase's extra CPU over
-        the loaded phase's (same telemetry, few commands), divided by the extra commands. A
-        figure that other load on the machine barely changes, unlike the rates."""
-        high, low = self.cpu.get("throughput"), self.cpu.get("loaded")
-        extra = self.rates.get("throughput", 0.0) - self.rates.get("loaded", 0.0)
-        if high is None or low is None or extra <= 0:
+    def _cpu_per_command(self, busy: str, calm: str) -> dict[str, float]:
+        """CPU milliseconds each part spends per command: phase `busy`'s CPU over phase
+        `calm`'s (the same cars, fewer commands), divided by the extra commands per second.
+        Other load on the machine changes it less than the rates (it inflates it somewhat:
+        on a shared VM, waiting for a core can count as CPU time). Empty when the difference
+        is too small to tell, or a part starved by other load did less in the busier phase."""
+        high, low = self.cpu.get(busy), self.cpu.get(calm)
+        extra = self.rates.get(busy, 0.0) - self.rates.get(calm, 0.0)
+        if high is None or low is None or extra < 2.0:
             return {}
         parts = [k for k in high if k not in ("machine", "other")]
         # % of one core is 10 ms of CPU per second.
         per = {k: round(10 * (high[k] - low.get(k, 0.0)) / extra, 2) for k in parts}
+        if min(per.values()) < 0:
+            return {}
         per["total"] = round(sum(per.values()), 2)
         return per
+
+    def _capacity(self, per: dict[str, float]) -> None:
+        """What the cores would sustain with nothing else on them: what the fleet's telemetry
+        leaves of them (loaded phase), divided by the CPU a command costs (an estimate)."""
+        loaded = self.cpu.get("loaded")
+        if loaded is None or not per.get("total"):
+            return
+        busy = sum(v for k, v in loaded.items() if k not in ("machine", "other"))
+        cores = psutil.cpu_count() or 1
+        self.results["commands_per_s_cpu_bound"] = round(
+            max(0.0, 100 * cores - busy) * 10 / per["total"], 1
+        )
 
     def _car_counters(self) -> None:
         controls = [host.control for host in self.hosts]
@@ -444,7 +468,12 @@ class CommandsBenchmark:
                 self.results[f"verified_p50_ms{suffix}"] = round(_percentile(verified, 0.5), 1)
                 self.results[f"verified_p99_ms{suffix}"] = round(_percentile(verified, 0.99), 1)
         self.results["stages_p50_ms"] = stage_breakdown(self.stack.dsn, samples)
-        self.results["cpu_ms_per_command"] = self._cpu_per_command()
+        self.rates["quiet"] = 0.0
+        idle = self._cpu_per_command("idle", "quiet")
+        throughput = self._cpu_per_command("throughput", "loaded")
+        self.results["cpu_ms_per_command"] = idle
+        self.results["cpu_ms_per_command_throughput"] = throughput
+        self._capacity(throughput or idle)
         self.results["cpu_pct"] = {
             phase: {k: round(v) for k, v in cpu.items()} for phase, cpu in self.cpu.items()
         }
@@ -504,6 +533,7 @@ _TABLE = (
     ("p50_ms_loaded", "1,000 cars streaming at 1 Hz, one command at a time"),
     ("p99_ms_loaded", "1,000 cars streaming at 1 Hz (target <= 150)"),
     ("commands_per_s", "executed per second, window outstanding, fleet streaming (>= 500)"),
+    ("commands_per_s_cpu_bound", "estimate: the cores the telemetry leaves / CPU per command"),
     ("p50_ms_throughput", "latency at that rate"),
     ("p99_ms_throughput", "latency at that rate"),
     ("verified_p50_ms", "request -> verified (telemetry confirmed), idle"),
@@ -532,10 +562,18 @@ def table(results: dict[str, Any]) -> str:
         for name, meaning in (*_STAGES, ("sent", "(queued committed -> sent committed)")):
             cells = "".join(f"{stages[p].get(name, float('nan')):>12.1f}" for p in stages)
             lines.append(f"{name:<12}{cells}   {meaning}")
+    lines.append("")
+    for key, how in (
+        ("cpu_ms_per_command", "idle phase over quiet"),
+        ("cpu_ms_per_command_throughput", "throughput phase over loaded"),
+    ):
+        if results.get(key):
+            shares = ", ".join(f"{name} {value}" for name, value in results[key].items())
+            lines.append(f"CPU per command (ms, {how}): {shares}")
     cpu = results.get("cpu_pct", {})
     if cpu:
         names = [n for n in next(iter(cpu.values())) if n != "machine"] + ["machine"]
-        lines += ["", "CPU, % of one core:", f"{'phase':<12}" + "".join(f"{n:>10}" for n in names)]
+        lines += ["CPU, % of one core:", f"{'phase':<12}" + "".join(f"{n:>10}" for n in names)]
         for phase, shares in cpu.items():
             lines.append(f"{phase:<12}" + "".join(f"{shares.get(n, 0):>10}" for n in names))
     return "\n".join(lines)
