@@ -36,6 +36,10 @@ class BatchRefusedError(StorageError):
     """The database refused the batch's content; retrying the same rows will not help."""
 
 
+class _RowsRepeatedError(StorageError):
+    """Some telemetry row was stored before: write the batch through staging (internal)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     telemetry_inserted: int
@@ -81,7 +85,7 @@ _CREATE_STAGING = sql.SQL(
 _COPY_TELEMETRY = sql.SQL("COPY stage_telemetry ({}) FROM STDIN (FORMAT BINARY)").format(
     _columns(_TELEMETRY_COLUMNS)
 )
-# Straight into the table: what almost every batch can do (no row stored before).
+# Straight into the table: what almost every batch can do (no row of it stored before).
 _COPY_TELEMETRY_DIRECT = sql.SQL("COPY telemetry ({}) FROM STDIN (FORMAT BINARY)").format(
     _columns(_TELEMETRY_COLUMNS)
 )
@@ -194,12 +198,32 @@ class BatchWriter:
         """
         started = time.perf_counter()
         seen = self._last_seen_due(batch.last_seen)
+        try:
+            telemetry, events = await self._write(batch, seen, direct=True)
+        except _RowsRepeatedError:
+            # Rare (a redelivery): the transaction was rolled back; again, through staging.
+            telemetry, events = await self._write(batch, seen, direct=False)
+        self._last_seen_written.update(seen)
+        return WriteResult(
+            telemetry_inserted=telemetry,
+            telemetry_duplicates=len(batch.telemetry) - telemetry,
+            events_inserted=events,
+            events_duplicates=len(batch.events) - events,
+            dead_letters=len(batch.dead_letters),
+            statuses=len(batch.statuses),
+            commit_seconds=time.perf_counter() - started,
+        )
+
+    async def _write(
+        self, batch: IngestBatch, seen: dict[str, datetime], *, direct: bool
+    ) -> tuple[int, int]:
+        """One transaction; (telemetry rows inserted, event rows inserted)."""
         async with self._connection() as conn:
             try:
                 async with conn.transaction(), conn.cursor() as cur:
                     if not self._copy_types:
                         await self._read_copy_types(cur)
-                    telemetry = await self._insert_telemetry(conn, cur, batch.telemetry)
+                    telemetry = await self._insert_telemetry(cur, batch.telemetry, direct=direct)
                     events = await self._stage_and_move(
                         cur, _COPY_EVENTS, _MOVE_EVENTS, batch.events
                     )
@@ -229,16 +253,7 @@ class BatchWriter:
                 raise
             except psycopg.Error as exc:
                 raise BatchRefusedError(f"database refused the batch: {exc}") from exc
-        self._last_seen_written.update(seen)
-        return WriteResult(
-            telemetry_inserted=telemetry,
-            telemetry_duplicates=len(batch.telemetry) - telemetry,
-            events_inserted=events,
-            events_duplicates=len(batch.events) - events,
-            dead_letters=len(batch.dead_letters),
-            statuses=len(batch.statuses),
-            commit_seconds=time.perf_counter() - started,
-        )
+        return telemetry, events
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -274,27 +289,27 @@ class BatchWriter:
         self._copy_types = types
 
     async def _insert_telemetry(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        cur: psycopg.AsyncCursor[Any],
-        rows: list[tuple[object, ...]],
+        self, cur: psycopg.AsyncCursor[Any], rows: list[tuple[object, ...]], *, direct: bool
     ) -> int:
         """Insert what is new of `rows`; return how many that was.
 
-        First COPY straight into the table, under a savepoint: one pass over the rows. A
-        row stored before (a redelivered or repeated message) makes that COPY fail; then
-        the rows go through staging and `ON CONFLICT DO NOTHING`, which skips it.
+        `direct`: COPY straight into the table, one pass over the rows. A row stored before
+        (a redelivered or repeated message) makes that COPY fail: `_RowsRepeatedError`, and
+        the caller writes the batch again with `direct` off, through staging and
+        `ON CONFLICT DO NOTHING`, which skips such rows.
         """
         if not rows:
             return 0
         types = self._copy_types["telemetry"]
+        if not direct:
+            return await self._stage_and_move(cur, _COPY_TELEMETRY, _MOVE_TELEMETRY, rows, types)
         try:
-            async with conn.transaction(), cur.copy(_COPY_TELEMETRY_DIRECT) as copy:
+            async with cur.copy(_COPY_TELEMETRY_DIRECT) as copy:
                 copy.set_types(types)
                 for row in rows:
                     await copy.write_row(row)
-        except psycopg.errors.UniqueViolation:
-            return await self._stage_and_move(cur, _COPY_TELEMETRY, _MOVE_TELEMETRY, rows, types)
+        except psycopg.errors.UniqueViolation as exc:
+            raise _RowsRepeatedError(str(exc)) from exc
         return len(rows)
 
     @staticmethod
