@@ -132,6 +132,9 @@ _STEP_KM = _haversine("prev_lat", "prev_lon", "lat", "lon")
 #   l3: the state and the flags of the previous sample (edges, episode starts);
 #   l4: trip number = starts so far; a trip's members are its samples in use plus the first
 #       sample not in use after them (where it ended).
+# Harsh driving counts between samples in use only: the pair into the first sample (from parked)
+# and into the ignition-off sample (which may come a second after the last one while moving)
+# say nothing about how the car was driven.
 DERIVE_TRIPS: Final = f"""
 INSERT INTO trips (
     vin, start_time, end_time, detected_by, start_lat, start_lon, end_lat, end_lon,
@@ -210,9 +213,11 @@ WITH raw AS (
                FILTER (WHERE soc IS NOT NULL))[1] AS soc_end,
            max(speed) AS max_speed,
            count(*) AS samples,
-           count(*) FILTER (WHERE NOT is_start AND accel <= -{HARSH_BRAKE_MS2} AND NOT prev_brake)
+           count(*) FILTER (WHERE state AND NOT is_start
+                                  AND accel <= -{HARSH_BRAKE_MS2} AND NOT prev_brake)
                AS harsh_brakes,
-           count(*) FILTER (WHERE NOT is_start AND accel >= {HARSH_ACCEL_MS2} AND NOT prev_accel)
+           count(*) FILTER (WHERE state AND NOT is_start
+                                  AND accel >= {HARSH_ACCEL_MS2} AND NOT prev_accel)
                AS harsh_accels,
            count(*) FILTER (WHERE ajar AND NOT prev_ajar) AS door_ajar
     FROM l4
