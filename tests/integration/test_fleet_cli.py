@@ -25,7 +25,8 @@ async def test_vehicles_vehicle_and_watch(
     private_broker: MosquittoBroker, migrated_database: str, tmp_path: Path
 ) -> None:
     seed = await seed_fleet(migrated_database)
-    settings = command_gateway_settings(private_broker, migrated_database, make_keys(tmp_path / "k"))
+    keys = make_keys(tmp_path / "k")
+    settings = command_gateway_settings(private_broker, migrated_database, keys)
     token = await make_token(migrated_database, "cli-viewer", Role.VIEWER)
     env = {"TGW_API_URL": f"http://127.0.0.1:{settings.http.port}", "TGW_API_TOKEN": token}
     async with running_gateway(settings):
