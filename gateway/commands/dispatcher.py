@@ -27,7 +27,7 @@ from gateway.commands.lifecycle import IN_FLIGHT, Status
 from gateway.commands.metrics import CommandMetrics
 from gateway.commands.models import CommandEvent
 from gateway.commands.signing import CommandSigner
-from gateway.commands.store import ClaimedCommand, CommandStore, DispatchOutcome
+from gateway.commands.store import ClaimedCommand, CommandStore, DispatchOutcome, SignedCommand
 from gateway.config import CommandSettings
 from gateway.errors import BrokerError
 from schemas import TopicKind, command_topic, vehicle_topic
@@ -129,7 +129,7 @@ class CommandDispatcher:
                 if check and not await self._store.has_queued(vin):
                     outcome = DispatchOutcome.NOTHING
                 else:
-                    outcome, events = await self._store.dispatch(vin, self._publish)
+                    outcome, events = await self._store.dispatch(vin, self._sign, self._publish)
             self._metrics.dispatch.labels(outcome.value).inc()
             if outcome is DispatchOutcome.NO_SUBSCRIBER:
                 self._retry_at[vin] = time.monotonic() + _RETRY_NO_SUBSCRIBER_S
@@ -161,7 +161,7 @@ class CommandDispatcher:
                 self._pending.add(vin)
                 self._wake.set()
 
-    async def _publish(self, claimed: ClaimedCommand) -> tuple[int, str | None]:
+    def _sign(self, claimed: ClaimedCommand) -> SignedCommand:
         message = self._signer.sign(
             command_id=claimed.command_id,
             vin=claimed.vin,
@@ -170,17 +170,21 @@ class CommandDispatcher:
             expires_at_ms=claimed.expires_at_ms,
             nonce=claimed.nonce,
         )
+        return SignedCommand(message.model_dump_json().encode(), message.key_id)
+
+    async def _publish(self, claimed: ClaimedCommand, signed: SignedCommand) -> int:
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho ships no hints here
         properties.ResponseTopic = vehicle_topic(claimed.vin, TopicKind.COMMAND_RESULTS)
         properties.CorrelationData = claimed.command_id.bytes
-        # Rounded down, so the broker drops the command before its deadline, never after.
-        properties.MessageExpiryInterval = int(claimed.seconds_left)
+        # Rounded down, so the broker drops the command before its deadline, never after (it
+        # had at least a second left when claimed; a few ms later it may be just under).
+        properties.MessageExpiryInterval = max(1, int(claimed.seconds_left_now()))
         started = time.perf_counter()
         reason: Any = await self._publisher.publish(
             command_topic(claimed.vin),
-            message.model_dump_json().encode(),
+            signed.payload,
             properties,
             timeout_s=self._settings.publish_timeout_s,
         )
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
-        return int(reason.value), message.key_id
+        return int(reason.value)

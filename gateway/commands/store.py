@@ -14,8 +14,9 @@ import base64
 import binascii
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, LiteralString
@@ -48,6 +49,7 @@ __all__ = [
     "DispatchOutcome",
     "GatewayReason",
     "ResultApplied",
+    "SignedCommand",
 ]
 
 EVENTS_CHANNEL = "tgw_commands"
@@ -226,8 +228,12 @@ class ClaimedCommand:
     action: CommandAction
     issued_at_ms: int
     expires_at_ms: int
-    seconds_left: float
+    seconds_left: float  # when it was claimed (`claimed_at`, monotonic)
     nonce: str
+    claimed_at: float = field(default_factory=time.monotonic)
+
+    def seconds_left_now(self) -> float:
+        return self.seconds_left - (time.monotonic() - self.claimed_at)
 
 
 class DispatchOutcome(StrEnum):
@@ -248,8 +254,24 @@ class ResultApplied:
     event: CommandEvent | None = None
 
 
-Publish = Callable[[ClaimedCommand], Awaitable[tuple[int, str | None]]]
-"""Sign and publish a claimed command; return (PUBACK reason code value, key id)."""
+@dataclass(frozen=True, slots=True)
+class SignedCommand:
+    """A claimed command as it goes to the car: the signed payload and the key that signed it."""
+
+    payload: bytes
+    key_id: str
+
+
+Sign = Callable[[ClaimedCommand], SignedCommand]
+"""Sign a claimed command (raises `SigningKeyError` when the key cannot be used)."""
+Publish = Callable[[ClaimedCommand, SignedCommand], Awaitable[int]]
+"""Publish a signed command; return the PUBACK's reason code value."""
+
+
+class _NotSent(Exception):  # noqa: N818  # control flow: roll back `sent`, then record why
+    def __init__(self, command_id: UUID, reason_code: int) -> None:
+        self.command_id = command_id
+        self.reason_code = reason_code
 
 
 def _event(row: dict[str, Any]) -> CommandEvent:
@@ -469,15 +491,25 @@ class CommandStore:
         return bool(row and row[0])
 
     async def dispatch(
-        self, vin: str, publish: Publish
+        self, vin: str, sign: Sign, publish: Publish
     ) -> tuple[DispatchOutcome, list[CommandEvent]]:
         """Send the car's oldest queued command, if it has none in flight.
 
         In one transaction: take the car's dispatch lock, expire queued commands whose deadline
-        passed (never sending them), publish the oldest live one and record `sent` once the
-        broker acknowledged it. If publishing fails the transaction rolls back and the command
-        stays queued.
+        passed (never sending them), record the oldest live one as `sent`, publish it, and
+        commit once the broker acknowledged it (so `sent` is never visible before the PUBACK,
+        and after it only the COMMIT is left: the car's answer waits one round trip less for
+        the row). If publishing fails, or the broker does not take it, the transaction rolls
+        back and the command stays queued (the broker's refusal is then recorded on its own).
         """
+        try:
+            return await self._dispatch(vin, sign, publish)
+        except _NotSent as not_sent:
+            return await self._not_sent(vin, not_sent.command_id, not_sent.reason_code)
+
+    async def _dispatch(
+        self, vin: str, sign: Sign, publish: Publish
+    ) -> tuple[DispatchOutcome, list[CommandEvent]]:
         events: list[CommandEvent] = []
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
@@ -527,29 +559,39 @@ class CommandStore:
                         detail="its deadline passed before it could be sent to the car",
                     )
                     continue
-                reason_code, key_id = await publish(claimed)
-                if reason_code < 0x80 and reason_code != 0x10:
-                    events += await self._move_one(
-                        cur, Status.SENT, claimed.command_id, key_id=key_id
-                    )
-                    return DispatchOutcome.SENT, events
-                if reason_code == 0x10:  # no matching subscribers: the car has no session
-                    await cur.execute(
-                        "UPDATE commands SET attempts = attempts + 1 WHERE id = %s",
-                        (claimed.command_id,),
-                    )
-                    return DispatchOutcome.NO_SUBSCRIBER, events
+                signed = sign(claimed)
                 events += await self._move_one(
-                    cur,
-                    Status.FAILED,
-                    claimed.command_id,
-                    vin=vin,
-                    sources=[Status.QUEUED],
-                    reason=GatewayReason.BROKER_REFUSED,
-                    detail=f"the broker refused the command (reason code 0x{reason_code:02x}): "
-                    "check that the gateway's account may write tgw/v1/vehicles/+/commands",
+                    cur, Status.SENT, claimed.command_id, key_id=signed.key_id
                 )
-                return DispatchOutcome.REFUSED, events
+                reason_code = await publish(claimed, signed)
+                if reason_code < 0x80 and reason_code != 0x10:
+                    return DispatchOutcome.SENT, events  # committed as the block ends
+                raise _NotSent(claimed.command_id, reason_code)
+
+    async def _not_sent(
+        self, vin: str, command_id: UUID, reason_code: int
+    ) -> tuple[DispatchOutcome, list[CommandEvent]]:
+        """The broker did not take a command (its `sent` was rolled back): record why."""
+        async with self._connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            if reason_code == 0x10:  # no matching subscribers: the car has no session
+                await cur.execute(
+                    "UPDATE commands SET attempts = attempts + 1 "
+                    "WHERE id = %s AND status = 'queued'",
+                    (command_id,),
+                )
+                return DispatchOutcome.NO_SUBSCRIBER, []
+            events = await self._move_one(
+                cur,
+                Status.FAILED,
+                command_id,
+                vin=vin,
+                sources=[Status.QUEUED],
+                reason=GatewayReason.BROKER_REFUSED,
+                detail=f"the broker refused the command (reason code 0x{reason_code:02x}): "
+                "check that the gateway's account may write tgw/v1/vehicles/+/commands",
+            )
+            return DispatchOutcome.REFUSED, events
 
     async def _move_one(
         self,
