@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from gateway.auth import Role, TokenError, TokenStore
 from gateway.commands import create_key_pair
 from gateway.devstack import BrokerAccount, MosquittoBroker, PostgresServer
 from gateway.devstack.mosquitto import (
+    CAR_ROLE,
     mosquitto_password_hash,
     read_password_file,
     write_password_file,
@@ -108,18 +110,28 @@ class FleetServices:
 
     def add_fleet(self, cars: int, seed: int, *, name: str = "fleet") -> FleetAccounts:
         """Broker accounts for the fleet `tgw sim fleet --cars cars --seed seed` runs, and the
-        credentials file it reads (`<work_dir>/<name>.csv`). One broker reload for all."""
+        credentials file it reads (`<work_dir>/<name>.csv`).
+
+        Every car is also a dynamic-security client with the car role (its subscribe ACL), as
+        in production. Both files are written while the broker is stopped, then it starts
+        again: the plugin's admin API rewrites its whole file per client, which takes minutes
+        for 20,000 cars (and times out)."""
         path = self.work_dir / f"{name}.csv"
         vins = [vin for vin, _ in fleet_vins(cars, seed, FleetSettings().profiles)]
         write_credentials(path, vins, read_credentials(path) if path.exists() else None)
         passwords = read_credentials(path)
-        entries = read_password_file(self.broker.password_file)
-        entries.update({vin: mosquitto_password_hash(passwords[vin]) for vin in vins[:-1]})
-        write_password_file(self.broker.password_file, entries, None)
-        # Every car is a dynamic-security client too (its subscribe ACL), as in production.
-        self.broker.add_subscribe_acl(*vins[:-1])
-        # The last car through the public API: it rewrites the file (keeping ours) and reloads.
-        self.broker.add_car(vins[-1], passwords[vins[-1]])
+        broker = self.broker
+        broker.stop()
+        entries = read_password_file(broker.password_file)
+        entries.update({vin: mosquitto_password_hash(passwords[vin]) for vin in vins})
+        write_password_file(broker.password_file, entries, None)
+        dynsec = json.loads(broker.dynsec_file.read_text(encoding="utf-8"))
+        known = {client["username"] for client in dynsec["clients"]}
+        dynsec["clients"] += [
+            {"username": vin, "roles": [{"rolename": CAR_ROLE}]} for vin in vins if vin not in known
+        ]
+        broker.dynsec_file.write_text(json.dumps(dynsec, indent=1), encoding="utf-8")
+        broker.start()
         return FleetAccounts(cars, seed, path, tuple(vins))
 
     def car_account(self, fleet: FleetAccounts, vin: str) -> BrokerAccount:
