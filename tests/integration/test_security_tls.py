@@ -53,6 +53,10 @@ def _over_tls(settings: Settings, broker: MosquittoBroker, pki: PkiFiles) -> Set
     return settings.model_copy(update={"mqtt": mqtt, "broker": car_side})
 
 
+def _refused(reason: object) -> bool:
+    return reason is None or bool(getattr(reason, "is_failure", True))
+
+
 def test_pki_init_never_replaces_a_ca(tmp_path: Path) -> None:
     from gateway.pki import PkiError  # noqa: PLC0415
 
@@ -162,6 +166,7 @@ async def test_broker_requiring_client_certificates(
         assert car.tls_cert_file is not None
         assert car.tls_key_file is not None
         assert car.tls_key_file.stat().st_mode & 0o077 == 0
+        car_cert_before = car.tls_cert_file.read_bytes()
         with_ca = BrokerEndpoint(broker.host, broker.tls_port, pki.ca_cert)
         with_cert = BrokerEndpoint(
             broker.host, broker.tls_port, pki.ca_cert, car.tls_cert_file, car.tls_key_file
@@ -175,6 +180,25 @@ async def test_broker_requiring_client_certificates(
         assert not accepted.is_failure
         async with provisioned_car(config, vin, tmp_path / "queue") as unit:
             assert unit.unit.connected.is_set()
+        # Rotation with certificates: both certificates are valid, only the password switches.
+        provisioner = Provisioner(settings, actor="test")
+        await provisioner.rotate(vin, config)
+        staged = read_car_config(config, vin=vin)
+        assert staged.tls_cert_file is not None
+        assert staged.tls_cert_file.name == f"{vin}.next.crt"
+        with_next = BrokerEndpoint(
+            broker.host, broker.tls_port, pki.ca_cert, staged.tls_cert_file, staged.tls_key_file
+        )
+        assert staged.password_fallback is not None
+        assert not _refused(connack(with_next, vin, staged.password_fallback))
+        assert _refused(connack(with_next, vin, staged.password))
+        await provisioner.finish_rotation(vin, config)
+        final = read_car_config(config, vin=vin)
+        assert final.tls_cert_file == car.tls_cert_file  # the new certificate, at the old path
+        assert final.tls_cert_file.read_bytes() != car_cert_before
+        assert not _refused(connack(with_cert, vin, final.password))
+        async with provisioned_car(config, vin, tmp_path / "queue2") as unit:
+            assert unit.unit.counters.connect_failures == 0
 
 
 async def test_a_running_unit_rides_through_a_rotation(
