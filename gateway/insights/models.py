@@ -93,7 +93,10 @@ class UtilisationGroup(_Model):
 
     key: str
     label: str
-    cars: int
+    cars: float = Field(
+        description="A car: 1; a model: the most of its cars present in one hour; a cell or "
+        "area: the cars there on average (rented from there or standing there)."
+    )
     rented_s: float
     idle_s: float
     rented_share: float | None = Field(description="rented / (rented + idle) time.")

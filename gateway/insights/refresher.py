@@ -54,12 +54,15 @@ class RefreshOptions:
         max_past_age_s: the oldest device time a sample may have when it arrives (the ingest
             refuses older ones), which bounds the search for new samples.
         rebuild_batch_cars: cars per transaction in a rebuild.
+        work_mem: PostgreSQL's `work_mem` for the refresher's own transactions (its window
+            sorts over a car's samples); the server's default is meant for small queries.
     """
 
     interval_s: float = 60.0
     overlap_s: float = 600.0
     max_past_age_s: float = MAX_PAST_AGE_MS / 1000
     rebuild_batch_cars: int = 100
+    work_mem: str = "64MB"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class InsightRefresher:
         self.options = options or RefreshOptions()
         self._materialise = util_sql.materialise_sql(storage_mode)
         self._scope_util = util_sql.scope_utilisation(storage_mode)
+        self._rollups = util_sql.rollup_sql(storage_mode)
         self._wakeup = asyncio.Event()
         self.last_report: RefreshReport | None = None
 
@@ -129,6 +133,7 @@ class InsightRefresher:
             async with self._pool.connection() as conn, conn.transaction():
                 if not await _value(conn, _LOCK_TRY, REFRESH_LOCK):
                     return self._report(started, skipped=True)
+                await self._tune(conn)
                 now, watermark, refreshed_at = await _row(conn, _STATE)
                 if watermark is not None:
                     report = await self._incremental(conn, now, watermark, refreshed_at)
@@ -184,12 +189,15 @@ class InsightRefresher:
         await conn.execute(util_sql.DELETE_SCOPED_UTILISATION)
         return (await conn.execute(self._materialise, {"now": now})).rowcount
 
-    @staticmethod
-    async def _rollup(conn: psycopg.AsyncConnection[Any], since: datetime | None) -> None:
+    async def _tune(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Transaction-local: the pool's connection goes back with the server's default.
+        await conn.execute("SELECT set_config('work_mem', %s, true)", (self.options.work_mem,))
+
+    async def _rollup(self, conn: psycopg.AsyncConnection[Any], since: datetime | None) -> None:
         if since is None:
             return
-        await conn.execute(util_sql.DELETE_AREA_ROLLUP, {"since": since})
-        await conn.execute(util_sql.INSERT_AREA_ROLLUP, {"since": since})
+        for statement in self._rollups:
+            await conn.execute(statement, {"since": since})
 
     async def rebuild(
         self,
@@ -267,6 +275,7 @@ class InsightRefresher:
         for offset in range(0, len(cars), size):
             batch = cars[offset : offset + size]
             async with conn.transaction():
+                await self._tune(conn)
                 now = await _value(conn, "SELECT now()")
                 await conn.execute(trip_sql.CREATE_TRIP_SCOPE)
                 await conn.execute(
@@ -284,6 +293,7 @@ class InsightRefresher:
                 on_progress(min(offset + size, len(cars)), len(cars))
         async with conn.transaction():
             # Once for every batch: each batch's own rollup would aggregate the same hours again.
+            await self._tune(conn)
             await self._rollup(conn, rollup_since)
         if everyone and since is None:
             async with conn.transaction():

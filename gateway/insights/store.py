@@ -1,8 +1,9 @@
 """The SQL behind the insights API: trips, utilisation, service lists, wear (docs/insights.md).
 
-Reads what the refresher materialised (`trips`, `utilisation_hourly`,
-`utilisation_area_hourly`) plus the live tables (`vehicles`, `latest_state`, `events`,
-`commands`). Works the same in both storage modes: the stored buckets are plain UTC hours.
+Reads what the refresher materialised (`trips`, `utilisation_hourly` and its rollups
+`utilisation_model_hourly`, `utilisation_cell_daily`, `utilisation_car_daily`) plus the live
+tables (`vehicles`, `latest_state`, `events`, `commands`). Works the same in both storage
+modes: the stored buckets are plain UTC hours and days.
 """
 
 from __future__ import annotations
@@ -79,6 +80,51 @@ _TRIP_COLUMNS: Final = sql.SQL(
     "t.fuel_start, t.fuel_end, t.soc_start, t.soc_end, t.max_speed, t.samples, "
     "t.harsh_brakes, t.harsh_accels, t.door_ajar"
 )
+
+
+_CELL_KEY: Final = "x.cell_y::text || ':' || x.cell_x::text"
+_MODEL_FILTER: Final = "AND u.model = %(model)s"
+# The hours of a range outside its whole UTC days (see _split_days).
+_EDGE_HOURS: Final = (
+    "(bucket >= %(h1_lo)s AND bucket < %(h1_hi)s) OR (bucket >= %(h2_lo)s AND bucket < %(h2_hi)s)"
+)
+_WEEK_OF_FLEET: Final = """
+    SELECT extract(isodow FROM u.bucket AT TIME ZONE %(tz)s)::int AS day,
+           extract(hour FROM u.bucket AT TIME ZONE %(tz)s)::int AS hour,
+           sum(u.rented_s) AS rented_s, sum(u.idle_s) AS idle_s, sum(u.trips)::bigint AS trips
+    FROM utilisation_model_hourly u
+    WHERE u.bucket >= %(first)s AND u.bucket < %(last)s {model}
+    GROUP BY 1, 2
+"""
+_WEEK_OF_CAR: Final = """
+    SELECT extract(isodow FROM u.bucket AT TIME ZONE %(tz)s)::int AS day,
+           extract(hour FROM u.bucket AT TIME ZONE %(tz)s)::int AS hour,
+           sum(u.rented_s) AS rented_s, sum(u.idle_s) AS idle_s, sum(u.trips)::bigint AS trips
+    FROM utilisation_hourly u
+    WHERE u.vin = %(vin)s AND u.bucket >= %(first)s AND u.bucket < %(last)s
+    GROUP BY 1, 2
+"""
+# When the data in range begins, and the most cars present in any one hour.
+_FLEET_EXTENT: Final = """
+    SELECT min(bucket) AS earliest, max(cars) AS cars FROM (
+        SELECT u.bucket, sum(u.cars) AS cars FROM utilisation_model_hourly u
+        WHERE u.bucket >= %(first)s AND u.bucket < %(last)s {model}
+        GROUP BY u.bucket
+    ) per_hour
+"""
+
+
+def _split_days(first: datetime, last: datetime) -> dict[str, datetime]:
+    """[first, last) as whole UTC days [day_lo, day_hi) and the hours at either end."""
+    day_lo = first.replace(hour=0)
+    if day_lo < first:
+        day_lo += timedelta(days=1)
+    day_hi = last.replace(hour=0)
+    if day_lo >= day_hi:  # no whole day: every hour from the hourly table, once
+        return {"day_lo": first, "day_hi": first, "h1_lo": first, "h1_hi": last,
+                "h2_lo": last, "h2_hi": last}  # fmt: skip
+    return {"day_lo": day_lo, "day_hi": day_hi, "h1_lo": first, "h1_hi": day_lo,
+            "h2_lo": day_hi, "h2_hi": last}  # fmt: skip
 
 
 class AreaError(ValueError):
@@ -313,7 +359,13 @@ class InsightStore:
         vin: str | None = None,
     ) -> Utilisation:
         """Utilisation over the UTC hours that [start, end) touches, grouped, with the week's
-        profile in time zone `tz` (hour of day, day of week)."""
+        profile in time zone `tz` (hour of day, day of week).
+
+        Whole UTC days of the range are read from the daily rollups, the hours at its ends
+        from `utilisation_hourly`; the profile from the per-model hourly rollup (for one car,
+        everything from its own hours).
+        """
+        start, end = start.astimezone(UTC), end.astimezone(UTC)  # the stored hours are UTC
         first = start.replace(minute=0, second=0, microsecond=0)
         last = end.replace(minute=0, second=0, microsecond=0)
         if last < end:
@@ -321,75 +373,39 @@ class InsightStore:
         state = await self._fetch("SELECT refreshed_at, now() AS now FROM insight_state")
         refreshed_at = state[0]["refreshed_at"] if state else None
         now: datetime = state[0]["now"] if state else datetime.now(UTC)
-        # Per car (or one car) from the per-car table; everything else from the rollup.
-        per_car = group_by == "car" or vin is not None
-        table = "utilisation_hourly" if per_car else "utilisation_area_hourly"
-        conditions = ["u.bucket >= %(first)s", "u.bucket < %(last)s"]
-        params: dict[str, Any] = {"first": first, "last": last, "tz": tz}
-        model_column = "v.model" if per_car else "u.model"
-        if model is not None:
-            conditions.append(f"{model_column} = %(model)s")
-            params["model"] = model
+        params: dict[str, Any] = {"first": first, "last": last, "tz": tz, "model": model}
+        params.update(_split_days(first, last))
         if vin is not None:
-            conditions.append("u.vin = %(vin)s")
             params["vin"] = vin
-        join = "LEFT JOIN vehicles v ON v.vin = u.vin" if per_car else ""
-        areas = ""
-        key = {
-            "car": "u.vin",
-            "model": f"coalesce({model_column}, '(unknown)')",
-            "cell": "u.cell_y::text || ':' || u.cell_x::text",
-            "area": f"coalesce(a.name, '{_OUTSIDE}')",
-        }[group_by]
-        if group_by == "area":
-            ys, xs, names = self._cell_areas()
-            areas = (
-                "LEFT JOIN unnest(%(ys)s::int[], %(xs)s::int[], %(names)s::text[]) "
-                "AS a (cell_y, cell_x, name) ON a.cell_y = u.cell_y AND a.cell_x = u.cell_x"
+            groups = await self._fetch(self._one_car_groups(group_by, params), params)
+            week = await self._fetch(_WEEK_OF_CAR, params)
+        else:
+            groups = await self._fetch(self._fleet_groups(group_by, params), params)
+            week = await self._fetch(
+                _WEEK_OF_FLEET.format(model=_MODEL_FILTER if model else ""), params
             )
-            params.update(ys=ys, xs=xs, names=names)
-        where = " AND ".join(conditions)
-        cars = "count(DISTINCT u.vin)" if per_car else "0"
-        groups = await self._fetch(
-            f"""
-            SELECT {key} AS key, {cars} AS cars, sum(u.rented_s) AS rented_s,
-                   sum(u.idle_s) AS idle_s, sum(u.trips)::bigint AS trips, sum(u.km) AS km,
-                   min({model_column}) AS model, min(u.bucket) AS first_bucket
-            FROM {table} u {join} {areas}
-            WHERE {where}
-            GROUP BY 1
-            """,  # noqa: S608  # assembled from constants; values are parameters
-            params,
+        extent = await self._fetch(
+            _FLEET_EXTENT.format(model=_MODEL_FILTER if model else ""), params
         )
-        week = await self._fetch(
-            f"""
-            SELECT extract(isodow FROM u.bucket AT TIME ZONE %(tz)s)::int AS day,
-                   extract(hour FROM u.bucket AT TIME ZONE %(tz)s)::int AS hour,
-                   sum(u.rented_s) AS rented_s, sum(u.idle_s) AS idle_s,
-                   sum(u.trips)::bigint AS trips
-            FROM {table} u {join}
-            WHERE {where}
-            GROUP BY 1, 2
-            """,  # noqa: S608  # assembled from constants; values are parameters
-            params,
-        )
-        if not per_car:
-            # Cars per group: those with any time there, counted from the per-car table would
-            # cost a scan of it; the registry's count per model is what a model group means.
-            await self._count_cars(groups, group_by, first, last, params)
-        span_end = min(last, now)
-        starts = [g["first_bucket"] for g in groups if g["first_bucket"] is not None]
-        span_start = max(first, min(starts)) if starts else first
-        days = max((span_end - span_start).total_seconds(), 0.0) / 86400
+        earliest = extent[0]["earliest"] if extent else None
+        span_start = max(first, earliest) if earliest is not None else first
+        span_s = max((min(last, now) - span_start).total_seconds(), 0.0)
+        days = span_s / 86400
+        if group_by in ("cell", "area") and vin is None:
+            for row in groups:  # cars present there on average
+                row["cars"] = _ratio(
+                    float(row["rented_s"] or 0) + float(row["idle_s"] or 0), span_s, 2
+                )
         result_groups = [self._group(row, group_by, days) for row in groups]
         if group_by == "car":
             await self._idle_since(result_groups, now)
-            result_groups = [g for g in result_groups if g.key]
         result_groups.sort(key=lambda g: (-(g.rented_share or 0.0), g.key))
+        per_car = group_by == "car" or vin is not None
+        cars = len(result_groups) if per_car else int(extent[0]["cars"] or 0) if extent else 0
         total = self._group(
             {
                 "key": "all",
-                "cars": await self._total_cars(per_car, first, last, params, groups),
+                "cars": cars,
                 "rented_s": sum(g.rented_s for g in result_groups),
                 "idle_s": sum(g.idle_s for g in result_groups),
                 "trips": sum(g.trips for g in result_groups),
@@ -410,11 +426,87 @@ class InsightStore:
             **_profiles(week),
         )
 
+    def _area_join(self, params: dict[str, Any], alias: str = "x") -> str:
+        ys, xs, names = self._cell_areas()
+        params.update(ys=ys, xs=xs, names=names)
+        return (
+            "LEFT JOIN unnest(%(ys)s::int[], %(xs)s::int[], %(names)s::text[]) "
+            f"AS a (cell_y, cell_x, name) ON a.cell_y = {alias}.cell_y "
+            f"AND a.cell_x = {alias}.cell_x"
+        )
+
+    def _fleet_groups(self, group_by: UtilisationGrouping, params: dict[str, Any]) -> str:
+        model = _MODEL_FILTER.replace("u.model", "x.model") if params["model"] else ""
+        if group_by == "model":
+            return f"""
+                SELECT coalesce(u.model, '(unknown)') AS key, max(u.cars) AS cars,
+                       sum(u.rented_s) AS rented_s, sum(u.idle_s) AS idle_s,
+                       sum(u.trips)::bigint AS trips, sum(u.km) AS km, min(u.model) AS model
+                FROM utilisation_model_hourly u
+                WHERE u.bucket >= %(first)s AND u.bucket < %(last)s
+                      {_MODEL_FILTER if params["model"] else ""}
+                GROUP BY 1
+            """  # noqa: S608  # assembled from constants; values are parameters
+        if group_by == "car":
+            return f"""
+                WITH x AS (
+                    SELECT vin, rented_s, idle_s, trips, km FROM utilisation_car_daily
+                    WHERE day >= %(day_lo)s AND day < %(day_hi)s
+                    UNION ALL
+                    SELECT vin, rented_s, idle_s, trips, km FROM utilisation_hourly
+                    WHERE {_EDGE_HOURS}
+                )
+                SELECT x.vin AS key, 1 AS cars, sum(x.rented_s) AS rented_s,
+                       sum(x.idle_s) AS idle_s, sum(x.trips)::bigint AS trips, sum(x.km) AS km,
+                       min(v.model) AS model
+                FROM x LEFT JOIN vehicles v ON v.vin = x.vin
+                WHERE true {model.replace("x.model", "v.model")}
+                GROUP BY x.vin
+            """  # noqa: S608  # assembled from constants; values are parameters
+        key = _CELL_KEY if group_by == "cell" else f"coalesce(a.name, '{_OUTSIDE}')"
+        areas = self._area_join(params) if group_by == "area" else ""
+        return f"""
+            WITH x AS (
+                SELECT model, cell_y, cell_x, rented_s, idle_s, trips, km
+                FROM utilisation_cell_daily
+                WHERE day >= %(day_lo)s AND day < %(day_hi)s
+                UNION ALL
+                SELECT v.model, u.cell_y, u.cell_x, u.rented_s, u.idle_s, u.trips, u.km
+                FROM utilisation_hourly u LEFT JOIN vehicles v ON v.vin = u.vin
+                WHERE {_EDGE_HOURS.replace("bucket", "u.bucket")}
+            )
+            SELECT {key} AS key, 0 AS cars, sum(x.rented_s) AS rented_s,
+                   sum(x.idle_s) AS idle_s, sum(x.trips)::bigint AS trips, sum(x.km) AS km,
+                   NULL AS model
+            FROM x {areas}
+            WHERE true {model}
+            GROUP BY 1
+        """  # noqa: S608  # assembled from constants; values are parameters
+
+    def _one_car_groups(self, group_by: UtilisationGrouping, params: dict[str, Any]) -> str:
+        key = {
+            "car": "u.vin",
+            "model": "coalesce(v.model, '(unknown)')",
+            "cell": _CELL_KEY.replace("x.", "u."),
+            "area": f"coalesce(a.name, '{_OUTSIDE}')",
+        }[group_by]
+        areas = self._area_join(params, "u") if group_by == "area" else ""
+        model = "AND v.model = %(model)s" if params["model"] else ""
+        return f"""
+            SELECT {key} AS key, count(DISTINCT u.vin) AS cars, sum(u.rented_s) AS rented_s,
+                   sum(u.idle_s) AS idle_s, sum(u.trips)::bigint AS trips, sum(u.km) AS km,
+                   min(v.model) AS model
+            FROM utilisation_hourly u LEFT JOIN vehicles v ON v.vin = u.vin {areas}
+            WHERE u.vin = %(vin)s AND u.bucket >= %(first)s AND u.bucket < %(last)s {model}
+            GROUP BY 1
+        """  # noqa: S608  # assembled from constants; values are parameters
+
     def _cell_areas(self) -> tuple[list[int], list[int], list[str]]:
         """Each grid cell whose centre lies in an operating area, with that area's name."""
         ys: list[int] = []
         xs: list[int] = []
         names: list[str] = []
+        seen: set[tuple[int, int]] = set()
         for name in sorted(self.operating_areas):
             polygon = list(self.operating_areas[name])
             lons = [p[0] for p in polygon]
@@ -424,80 +516,12 @@ class InsightStore:
                     int(min(lons) // CELL_LON_DEG) - 1, int(max(lons) // CELL_LON_DEG) + 1
                 ):
                     lat, lon = Cell(y, x).center
-                    if point_in_polygon(lat, lon, polygon) and (y, x) not in zip(
-                        ys, xs, strict=True
-                    ):
+                    if (y, x) not in seen and point_in_polygon(lat, lon, polygon):
+                        seen.add((y, x))
                         ys.append(y)
                         xs.append(x)
                         names.append(name)
         return ys, xs, names
-
-    async def _count_cars(
-        self,
-        groups: list[dict[str, Any]],
-        group_by: UtilisationGrouping,
-        first: datetime,
-        last: datetime,
-        params: dict[str, Any],
-    ) -> None:
-        if group_by == "model":
-            rows = await self._fetch(
-                "SELECT coalesce(model, '(unknown)') AS key, count(*) AS cars "
-                "FROM vehicles GROUP BY 1"
-            )
-            counts = {row["key"]: row["cars"] for row in rows}
-            for group in groups:
-                group["cars"] = counts.get(group["key"], 0)
-            return
-        # Cells and areas: the most cars present in any one hour (a fleet's footprint there).
-        key = (
-            "u.cell_y::text || ':' || u.cell_x::text"
-            if group_by == "cell"
-            else f"coalesce(a.name, '{_OUTSIDE}')"
-        )
-        areas = (
-            "LEFT JOIN unnest(%(ys)s::int[], %(xs)s::int[], %(names)s::text[]) "
-            "AS a (cell_y, cell_x, name) ON a.cell_y = u.cell_y AND a.cell_x = u.cell_x"
-            if group_by == "area"
-            else ""
-        )
-        model = "AND u.model = %(model)s" if "model" in params else ""
-        rows = await self._fetch(
-            f"""
-            SELECT key, max(cars) AS cars FROM (
-                SELECT {key} AS key, u.bucket, sum(u.cars) AS cars
-                FROM utilisation_area_hourly u {areas}
-                WHERE u.bucket >= %(first)s AND u.bucket < %(last)s {model}
-                GROUP BY 1, 2
-            ) per_hour GROUP BY key
-            """,  # noqa: S608  # assembled from constants; values are parameters
-            params,
-        )
-        counts = {row["key"]: row["cars"] for row in rows}
-        for group in groups:
-            group["cars"] = counts.get(group["key"], 0)
-
-    async def _total_cars(
-        self,
-        per_car: bool,
-        first: datetime,
-        last: datetime,
-        params: dict[str, Any],
-        groups: list[dict[str, Any]],
-    ) -> int:
-        if per_car:
-            return len({g["key"] for g in groups}) if params.get("vin") is None else 1
-        model = "AND model = %(model)s" if "model" in params else ""
-        rows = await self._fetch(
-            f"""
-            SELECT coalesce(max(cars), 0) AS cars FROM (
-                SELECT bucket, sum(cars) AS cars FROM utilisation_area_hourly
-                WHERE bucket >= %(first)s AND bucket < %(last)s {model} GROUP BY bucket
-            ) per_hour
-            """,  # noqa: S608  # assembled from constants; values are parameters
-            params,
-        )
-        return int(rows[0]["cars"])
 
     @staticmethod
     def _group(
@@ -518,7 +542,7 @@ class InsightStore:
         return UtilisationGroup(
             key=key,
             label=label,
-            cars=int(row.get("cars") or 0),
+            cars=float(row.get("cars") or 0),
             rented_s=round(rented, 1),
             idle_s=round(idle, 1),
             rented_share=_ratio(rented, rented + idle),

@@ -121,17 +121,19 @@ def _haversine(lat1: str, lon1: str, lat2: str, lon2: str) -> str:
     )
 
 
-_ORDER = "PARTITION BY vin ORDER BY time, boot_id, seq"
-_STEP_KM = _haversine("prev_lat", "prev_lon", "lat", "lon")
+_STEP_KM = _haversine("lat1", "lon1", "lat", "lon")
+_GAP = f"interval '{HARSH_MAX_GAP_S} seconds'"
+_STATE_CODE = "(epoch * 1000000)::bigint * 2 + in_use::int"
 
-# One ordered pass per car over its samples from the anchor on; every window below shares the
-# same partition and order, so PostgreSQL sorts once.
-#   l1: the in-use state carried forward over samples without it (a running max over
-#       epoch-microseconds * 2 + state picks the newest known state), and the previous sample;
-#   l2: acceleration between close samples, door ajar;
-#   l3: the state and the flags of the previous sample (edges, episode starts);
-#   l4: trip number = starts so far; a trip's members are its samples in use plus the first
-#       sample not in use after them (where it ended).
+# One ordered pass per car over its samples from the anchor on (one sort; every window shares the
+# partition and order), then one aggregate per trip:
+#   state      the in-use state carried forward over samples without it: the running maximum
+#              of epoch-microseconds * 2 + state picks the newest known state;
+#   prev_code  the same up to the sample before (so a start is state AND NOT previous state);
+#   trip_key   the last sample not in use strictly before this one: the same for every sample of
+#              a trip and for the sample that ends it (NULL only for a car's first trip);
+#   members    the samples in use plus the first sample not in use after them (where it ended).
+# First and last values come from min/max over ARRAY[epoch, value] (no sort per trip).
 # Harsh driving counts between samples in use only: the pair into the first sample (from parked)
 # and into the ignition-off sample (which may come a second after the last one while moving)
 # say nothing about how the car was driven.
@@ -144,89 +146,72 @@ INSERT INTO trips (
 )
 WITH raw AS (
     SELECT t.vin, t.time, t.boot_id, t.seq, t.lat, t.lon, t.speed, t.fuel, t.soc, t.odometer,
-           s.by_ignition,
+           s.by_ignition, extract(epoch FROM t.time)::float8 AS epoch,
            CASE WHEN s.by_ignition THEN t.ignition ELSE NOT t.locked END AS in_use,
            COALESCE(t.door_fl_open, false) OR COALESCE(t.door_fr_open, false)
                OR COALESCE(t.door_rl_open, false) OR COALESCE(t.door_rr_open, false)
                OR COALESCE(t.trunk_open, false) AS door_open
     FROM tgw_trip_scope s
     JOIN telemetry t ON t.vin = s.vin AND t.time >= s.anchor
-), l1 AS (
+), w AS (
     SELECT raw.*,
-           max(CASE WHEN in_use IS NOT NULL
-                    THEN (extract(epoch FROM time) * 1000000)::bigint * 2 + in_use::int END)
-               OVER (w ROWS UNBOUNDED PRECEDING) AS state_code,
-           lag(time) OVER w AS prev_time,
-           lag(speed) OVER w AS prev_speed,
-           lag(lat) OVER w AS prev_lat,
-           lag(lon) OVER w AS prev_lon
+           max(CASE WHEN in_use IS NOT NULL THEN {_STATE_CODE} END) OVER upto AS state_code,
+           max(CASE WHEN in_use IS NOT NULL THEN {_STATE_CODE} END) OVER before AS prev_code,
+           max(CASE WHEN NOT in_use THEN time END) OVER before AS trip_key,
+           lag(time) OVER o AS t1, lag(speed) OVER o AS v1,
+           lag(time, 2) OVER o AS t2, lag(speed, 2) OVER o AS v2,
+           lag(lat) OVER o AS lat1, lag(lon) OVER o AS lon1,
+           lag(door_open) OVER o AS door1
     FROM raw
-    WINDOW w AS ({_ORDER})
-), l2 AS (
-    SELECT l1.*,
+    WINDOW o AS (PARTITION BY vin ORDER BY time, boot_id, seq),
+           upto AS (o ROWS UNBOUNDED PRECEDING),
+           before AS (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+), m AS (
+    SELECT vin, time, epoch, lat, lon, speed, fuel, soc, odometer, by_ignition, trip_key,
            state_code % 2 = 1 AS state,
-           CASE WHEN time > prev_time AND time - prev_time <= interval '{HARSH_MAX_GAP_S} seconds'
-                THEN (speed - prev_speed) / 3.6 / extract(epoch FROM time - prev_time) END AS accel,
-           door_open AND COALESCE(speed, 0) >= {DOOR_AJAR_SPEED_KMH} AS ajar
-    FROM l1
-), l3 AS (
-    SELECT l2.*,
-           lag(state) OVER w AS prev_state,
-           COALESCE(lag(accel) OVER w <= -{HARSH_BRAKE_MS2}, false) AS prev_brake,
-           COALESCE(lag(accel) OVER w >= {HARSH_ACCEL_MS2}, false) AS prev_accel,
-           COALESCE(lag(ajar) OVER w, false) AS prev_ajar
-    FROM l2
-    WINDOW w AS ({_ORDER})
-), l4 AS (
-    SELECT l3.*,
-           state AND NOT COALESCE(prev_state, false) AS is_start,
-           count(*) FILTER (WHERE state AND NOT COALESCE(prev_state, false))
-               OVER (w ROWS UNBOUNDED PRECEDING) AS trip_no,
-           CASE WHEN prev_lat IS NOT NULL AND prev_lon IS NOT NULL
-                     AND lat IS NOT NULL AND lon IS NOT NULL
+           COALESCE(prev_code % 2 = 1, false) AS prev_state,
+           CASE WHEN time > t1 AND time - t1 <= {_GAP}
+                THEN (speed - v1) / 3.6 / extract(epoch FROM time - t1) END AS accel,
+           CASE WHEN t1 > t2 AND t1 - t2 <= {_GAP}
+                THEN (v1 - v2) / 3.6 / extract(epoch FROM t1 - t2) END AS prev_accel,
+           door_open AND COALESCE(speed, 0) >= {DOOR_AJAR_SPEED_KMH} AS ajar,
+           COALESCE(door1, false) AND COALESCE(v1, 0) >= {DOOR_AJAR_SPEED_KMH} AS prev_ajar,
+           CASE WHEN lat1 IS NOT NULL AND lon1 IS NOT NULL AND lat IS NOT NULL
+                     AND lon IS NOT NULL
                 THEN {_STEP_KM} END AS step_km
-    FROM l3
-    WINDOW w AS ({_ORDER})
+    FROM w
+    WHERE state_code % 2 = 1 OR prev_code % 2 = 1
 ), trip AS (
     SELECT vin,
            min(time) AS start_time,
            max(time) FILTER (WHERE NOT state) AS end_time,
            bool_and(by_ignition) AS by_ignition,
-           (array_agg(lat ORDER BY time, boot_id, seq)
-               FILTER (WHERE lat IS NOT NULL AND lon IS NOT NULL))[1] AS start_lat,
-           (array_agg(lon ORDER BY time, boot_id, seq)
-               FILTER (WHERE lat IS NOT NULL AND lon IS NOT NULL))[1] AS start_lon,
-           (array_agg(lat ORDER BY time DESC, boot_id DESC, seq DESC)
-               FILTER (WHERE lat IS NOT NULL AND lon IS NOT NULL))[1] AS end_lat,
-           (array_agg(lon ORDER BY time DESC, boot_id DESC, seq DESC)
-               FILTER (WHERE lat IS NOT NULL AND lon IS NOT NULL))[1] AS end_lon,
+           min(ARRAY[epoch, lat, lon]) FILTER (WHERE lat IS NOT NULL AND lon IS NOT NULL)
+               AS first_place,
+           max(ARRAY[epoch, lat, lon]) FILTER (WHERE lat IS NOT NULL AND lon IS NOT NULL)
+               AS last_place,
            min(odometer) AS odometer_start,
            max(odometer) AS odometer_end,
-           sum(step_km) FILTER (WHERE NOT is_start) AS gnss_km,
-           (array_agg(fuel ORDER BY time, boot_id, seq) FILTER (WHERE fuel IS NOT NULL))[1]
-               AS fuel_start,
-           (array_agg(fuel ORDER BY time DESC, boot_id DESC, seq DESC)
-               FILTER (WHERE fuel IS NOT NULL))[1] AS fuel_end,
-           (array_agg(soc ORDER BY time, boot_id, seq) FILTER (WHERE soc IS NOT NULL))[1]
-               AS soc_start,
-           (array_agg(soc ORDER BY time DESC, boot_id DESC, seq DESC)
-               FILTER (WHERE soc IS NOT NULL))[1] AS soc_end,
+           sum(step_km) FILTER (WHERE prev_state) AS gnss_km,
+           min(ARRAY[epoch, fuel]) FILTER (WHERE fuel IS NOT NULL) AS first_fuel,
+           max(ARRAY[epoch, fuel]) FILTER (WHERE fuel IS NOT NULL) AS last_fuel,
+           min(ARRAY[epoch, soc]) FILTER (WHERE soc IS NOT NULL) AS first_soc,
+           max(ARRAY[epoch, soc]) FILTER (WHERE soc IS NOT NULL) AS last_soc,
            max(speed) AS max_speed,
            count(*) AS samples,
-           count(*) FILTER (WHERE state AND NOT is_start
-                                  AND accel <= -{HARSH_BRAKE_MS2} AND NOT prev_brake)
+           count(*) FILTER (WHERE state AND prev_state AND accel <= -{HARSH_BRAKE_MS2}
+                                  AND NOT COALESCE(prev_accel <= -{HARSH_BRAKE_MS2}, false))
                AS harsh_brakes,
-           count(*) FILTER (WHERE state AND NOT is_start
-                                  AND accel >= {HARSH_ACCEL_MS2} AND NOT prev_accel)
+           count(*) FILTER (WHERE state AND prev_state AND accel >= {HARSH_ACCEL_MS2}
+                                  AND NOT COALESCE(prev_accel >= {HARSH_ACCEL_MS2}, false))
                AS harsh_accels,
            count(*) FILTER (WHERE ajar AND NOT prev_ajar) AS door_ajar
-    FROM l4
-    WHERE state OR prev_state
-    GROUP BY vin, trip_no
+    FROM m
+    GROUP BY vin, trip_key
 )
 SELECT vin, start_time, end_time,
        CASE WHEN by_ignition THEN 'ignition' ELSE 'lock' END,
-       start_lat, start_lon, end_lat, end_lon,
+       first_place[2], first_place[3], last_place[2], last_place[3],
        odometer_start, odometer_end,
        odometer_end - odometer_start,
        COALESCE(gnss_km, 0),
@@ -242,7 +227,7 @@ SELECT vin, start_time, end_time,
            WHEN gnss_km IS NOT NULL THEN 'gnss_only'
            ELSE 'unknown'
        END,
-       fuel_start, fuel_end, soc_start, soc_end, max_speed, samples,
+       first_fuel[2], last_fuel[2], first_soc[2], last_soc[2], max_speed, samples,
        harsh_brakes, harsh_accels, door_ajar
 FROM trip
 """  # noqa: S608  # built from this module's constants, never from input

@@ -21,11 +21,11 @@ from gateway.storage import StorageMode
 
 __all__ = [
     "CREATE_UTIL_SCOPE",
-    "DELETE_AREA_ROLLUP",
     "DELETE_SCOPED_UTILISATION",
-    "INSERT_AREA_ROLLUP",
+    "day_bucket",
     "hour_bucket",
     "materialise_sql",
+    "rollup_sql",
     "scope_utilisation",
 ]
 
@@ -137,16 +137,46 @@ GROUP BY bucket, vin, 3, 4
 """  # noqa: S608  # built from this module's constants, never from input
 
 
-# The per-model, per-cell rollup, for the hours from %(since)s on (the earliest hour any car
-# changed): delete, then aggregate again from utilisation_hourly.
-DELETE_AREA_ROLLUP: Final = "DELETE FROM utilisation_area_hourly WHERE bucket >= %(since)s"
-INSERT_AREA_ROLLUP: Final = """
-INSERT INTO utilisation_area_hourly
-    (bucket, model, cell_y, cell_x, cars, rented_s, idle_s, trips, km)
-SELECT u.bucket, v.model, u.cell_y, u.cell_x, count(DISTINCT u.vin),
-       sum(u.rented_s), sum(u.idle_s), sum(u.trips), sum(u.km)
-FROM utilisation_hourly u
-LEFT JOIN vehicles v ON v.vin = u.vin
-WHERE u.bucket >= %(since)s
-GROUP BY u.bucket, v.model, u.cell_y, u.cell_x
-"""
+def day_bucket(mode: StorageMode, expression: str) -> str:
+    """SQL for the UTC day that `expression` (a timestamptz) falls in."""
+    if mode == "timescaledb":
+        return f"time_bucket(interval '1 day', {expression})"
+    return f"date_bin(interval '1 day', {expression}, timestamptz '2000-01-01 00:00:00+00')"
+
+
+def rollup_sql(mode: StorageMode) -> list[str]:
+    """Rebuild the rollups from utilisation_hourly: per model from the hour %(since)s, per cell
+    and per car from the UTC day that hour falls in (a day's row sums all its hours)."""
+    day = day_bucket(mode, "%(since)s")
+    day_of_bucket = day_bucket(mode, "u.bucket")
+    return [
+        "DELETE FROM utilisation_model_hourly WHERE bucket >= %(since)s",
+        """
+        INSERT INTO utilisation_model_hourly (bucket, model, cars, rented_s, idle_s, trips, km)
+        SELECT u.bucket, v.model, count(DISTINCT u.vin), sum(u.rented_s), sum(u.idle_s),
+               sum(u.trips), sum(u.km)
+        FROM utilisation_hourly u
+        LEFT JOIN vehicles v ON v.vin = u.vin
+        WHERE u.bucket >= %(since)s
+        GROUP BY u.bucket, v.model
+        """,
+        f"DELETE FROM utilisation_cell_daily WHERE day >= {day}",  # noqa: S608  # constants
+        f"""
+        INSERT INTO utilisation_cell_daily
+            (day, model, cell_y, cell_x, rented_s, idle_s, trips, km)
+        SELECT {day_of_bucket}, v.model, u.cell_y, u.cell_x, sum(u.rented_s), sum(u.idle_s),
+               sum(u.trips), sum(u.km)
+        FROM utilisation_hourly u
+        LEFT JOIN vehicles v ON v.vin = u.vin
+        WHERE u.bucket >= {day}
+        GROUP BY 1, v.model, u.cell_y, u.cell_x
+        """,  # noqa: S608  # built from this module's constants, never from input
+        f"DELETE FROM utilisation_car_daily WHERE day >= {day}",  # noqa: S608  # constants
+        f"""
+        INSERT INTO utilisation_car_daily (day, vin, rented_s, idle_s, trips, km)
+        SELECT {day_of_bucket}, u.vin, sum(u.rented_s), sum(u.idle_s), sum(u.trips), sum(u.km)
+        FROM utilisation_hourly u
+        WHERE u.bucket >= {day}
+        GROUP BY 1, u.vin
+        """,  # noqa: S608  # built from this module's constants, never from input
+    ]

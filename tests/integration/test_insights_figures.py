@@ -143,7 +143,8 @@ async def test_utilisation_of_a_small_fleet_by_hand(
         assert cells[start_cell].rented_s == rented_a + rented_c
         assert cells[start_cell].idle_s == 3612.0 + 7200.0
         assert cells[start_cell].trips == 2
-        assert cells[start_cell].cars == 2
+        # Cars there on average: A until its rental ended, C until its own.
+        assert cells[start_cell].cars == round((rented_a + rented_c + 3612 + 7200) / four_hours, 2)
         assert cells[a_end].idle_s == four_hours - 3612.0 - rented_a
         assert cells[c_end].idle_s == four_hours - 7200.0 - rented_c
         assert cells[b_cell].idle_s == four_hours
@@ -167,6 +168,32 @@ async def test_utilisation_of_a_small_fleet_by_hand(
             start=T0, end=end, group_by="cell", tz="UTC", model="bmw_e8x"
         )
         assert [g.key for g in only_bmw.groups] == [b_cell]
+
+        # Over days (whole UTC days from the daily rollups, the ends from the hours) the
+        # groups add up to exactly what the hourly table holds.
+        since = T0 - timedelta(hours=5, minutes=30)
+        until = datetime.now(UTC)
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            cur = await conn.execute(
+                "SELECT vin, sum(rented_s), sum(idle_s), sum(trips) FROM utilisation_hourly "
+                "WHERE bucket >= date_trunc('hour', %s::timestamptz) AND bucket < %s "
+                "GROUP BY vin",
+                (since, until),
+            )
+            hourly = {row[0]: row[1:] for row in await cur.fetchall()}
+        assert hourly[b.vin][1] > 40 * 3600  # two days of idle hours since its first sample
+        for grouping in ("car", "model", "cell", "area"):
+            long = await figures.utilisation(
+                start=since, end=until, group_by=grouping, tz="Europe/Berlin"
+            )
+            assert long.total.rented_s == pytest.approx(sum(h[0] for h in hourly.values()))
+            assert long.total.idle_s == pytest.approx(sum(h[1] for h in hourly.values()))
+            assert long.total.trips == sum(h[2] for h in hourly.values())
+            if grouping == "car":
+                assert {g.key: g.idle_s for g in long.groups} == pytest.approx(
+                    {vin: h[1] for vin, h in hourly.items()}
+                )
+            assert sum(c.trips for c in long.week) == 2
 
 
 async def _insert(dsn: str, query: str, rows: list[tuple[Any, ...]]) -> None:
