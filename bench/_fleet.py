@@ -144,7 +144,7 @@ class FleetProcess:
         self.started_at = time.monotonic()
         assert self._process.stdout is not None
         assert self._process.stderr is not None
-        log = self._log = self.log_file.open("a", encoding="utf-8")
+        log = self._log = self.log_file.open("a", encoding="utf-8", buffering=1)
         self._readers = [
             threading.Thread(target=self._read_stderr, args=(self._process.stderr, log)),
             threading.Thread(target=self._read_stdout, args=(self._process.stdout, log)),

@@ -2,31 +2,38 @@
 backlog, while its live data keeps coming.
 
     python -m bench.storm [options]          (or: make bench-storm BENCH_ARGS="...")
-    python -m bench.storm --cars 2000 --offline 30     (a small one)
+    python -m bench.storm --cars 2000 --offline 30                 (a small one)
+    python -m bench.storm --cars 3000 --simulator device_sim       (the full simulator's cars)
 
-1. `tgw sim fleet` with --cars (20,000) over --processes (2) connects at --connect-rate, with
-   the gateway (`tgw gateway run`, --instances of it) already up.
-2. All cars drive into a dead zone at the same moment (the simulator's own fault: the
-   connection drops, the car keeps sampling into its on-disk queue) for --offline seconds
-   (BENCH_SECONDS, default 180).
+1. --cars (20,000) cars over --processes (2) connect at --connect-rate, the gateway
+   (`tgw gateway run`, --instances of it) already up; --settle seconds of live traffic.
+2. All cars lose coverage at the same moment: the connection drops (no DISCONNECT: the broker
+   publishes nothing and keeps each session), the car keeps sampling into its queue, for
+   --offline seconds (BENCH_SECONDS, default 180).
 3. They all come back at the same moment: 20,000 CONNECTs at once, each car resuming its
-   session, publishing its birth, then its backlog (oldest first, batched) while its live
-   samples go out as they are taken.
+   session, then flushing its backlog (oldest first, batched) while its live samples go out as
+   they are taken.
 4. Until every car's queue is empty: gateway RSS and pending messages are sampled.
 
+The cars (--simulator): `lean` (default) are bench/_stormcars.py: store and forward on plain
+sockets, a few microseconds per message, so that the storm, not the simulator, is what this
+two-core machine measures; `device_sim` is `tgw sim fleet` with its dead-zone fault (every
+car a full in-car unit: CAN model, decoding, SQLite queue; about 15 % of a core per 1,000 cars,
+so 20,000 of them do not fit here beside broker, gateway and database).
+
 Figures, from the database's commit timestamps (track_commit_timestamp):
-- reconnect_s: from the end of the dead zone until (almost) every car is connected again;
-- drain_s: from the end of the dead zone until the last backlog sample committed;
+- reconnect_s: from the end of the outage until every car connected before is connected again;
+- drain_s: from the end of the outage until the last backlog sample committed;
 - live_p50_ms / live_p99_ms: publish-to-commit latency of the samples taken once every car was
   connected again, up to the end of the drain (at least 10 s of them): live data during it;
 - gateway_rss_mb_max: the gateway's largest RSS, with its value before the storm;
-- published / stored / lost / duplicated: the fleet's ledger against the database.
+- published / stored / lost / duplicated: the cars' ledger against the database.
 
 This machine's limits: one process may open at most `ulimit -Hn` files (20,000 here, and it
 cannot be raised without CAP_SYS_RESOURCE). Mosquitto needs 6 of them for itself and one per
 connection, so one broker here holds at most 19,994 clients: with the gateway connected first,
-the last few of 20,000 cars cannot connect. The run says how many; their data stays queued on
-their disks (not lost: the broker never acknowledged it).
+the last few of 20,000 cars cannot connect. The run says how many; their samples stay queued
+in the car (not lost: the broker never acknowledged them).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 import psycopg
@@ -50,6 +57,9 @@ from bench._ledger import LedgerCheck, duplicates_anywhere
 from bench._measure import latency
 from bench._phases import say
 from bench._services import FleetServices
+from bench._stormcars import LeanFleet, LeanFleetOptions, check_sample
+from device_sim.identity import read_credentials
+from gateway.devstack import BrokerAccount
 from gateway.logconfig import configure_logging
 
 __all__ = ["main"]
@@ -60,6 +70,7 @@ _TICK_S = 1.0
 
 @dataclass(frozen=True)
 class Options:
+    simulator: str
     cars: int
     processes: int
     instances: int
@@ -84,7 +95,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
         epilog="BENCH_SECONDS (default 180) is how long the cars are offline (--offline).",
     )
     parser.add_argument("--cars", type=int, default=20_000, help="cars [20000]")
-    parser.add_argument("--processes", type=int, default=2, help="fleet processes [2]")
+    parser.add_argument(
+        "--simulator", choices=("lean", "device_sim"), default="lean", help="car model [lean]"
+    )
+    parser.add_argument("--processes", type=int, default=2, help="car processes [2]")
     parser.add_argument("--instances", type=int, default=1, help="gateway instances [1]")
     parser.add_argument("--offline", type=float, default=None, help="seconds offline")
     parser.add_argument(
@@ -103,6 +117,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     offline = args.offline if args.offline is not None else bench_seconds(180.0)
     return Options(
+        simulator=args.simulator,
         cars=args.cars,
         processes=args.processes,
         instances=args.instances,
@@ -155,206 +170,334 @@ class Meter:
         self.gateway_rss_max = 0.0
         self.pending_max = 0.0
         self.broker_rss_max = 0.0
-        self.fleet_rss_max = 0.0
+        self.cars_rss_max = 0.0
 
-    def sample(self, fleet: FleetProcess | None = None) -> tuple[float, float]:
+    def sample(self, cars: Cars) -> tuple[float, float]:
         rss = sum(g.rss_mb() for g in self._gateways)
         pending = sum(
             metric_sum(g.metrics(), "tgw_ingest_pending_messages") for g in self._gateways
         )
         self.gateway_rss_max = max(self.gateway_rss_max, rss)
         self.pending_max = max(self.pending_max, pending)
-        pid = self._services.broker.pid
-        if pid is not None:
-            try:
-                broker = psutil.Process(pid).memory_info().rss / 2**20
-            except psutil.Error:
-                broker = 0.0
-            self.broker_rss_max = max(self.broker_rss_max, broker)
-        if fleet is not None:
-            total = 0.0
-            for process in fleet.processes():
-                try:
-                    total += process.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-            self.fleet_rss_max = max(self.fleet_rss_max, total)
+        self.broker_rss_max = max(self.broker_rss_max, _rss_mb(self._services.broker.pid))
+        self.cars_rss_max = max(self.cars_rss_max, sum(_rss_mb(pid) for pid in cars.pids()))
         return rss, pending
 
 
-def run_storm(options: Options, services: FleetServices, work: Path) -> dict[str, Any]:
-    limit = broker_client_limit()
-    reachable = min(options.cars, limit - options.instances)
-    if reachable < options.cars:
-        say(
-            f"NOTE: this machine lets a process open {limit + _MOSQUITTO_OWN_FILES:,} files, so "
-            f"one Mosquitto holds {limit:,} clients: {options.cars - reachable} of "
-            f"{options.cars:,} cars cannot connect (their data stays queued on their disks)"
-        )
-    say(f"broker accounts for {options.cars:,} cars ...")
-    fleet_accounts = services.add_fleet(options.cars, options.seed)
-    broker = (services.broker.host, services.broker.port)
-    gateways = [
-        GatewayInstance(
-            i,
-            services.add_gateway(f"tgw-storm-{i}"),
-            broker=broker,
-            dsn=services.dsn,
-            log_file=work / f"gateway-{i}.log",
-        )
-        for i in range(1, options.instances + 1)
-    ]
-    meter = Meter(gateways, services)
-    connect_s = options.cars / options.connect_rate
-    dead_zone_after = round(connect_s + options.settle_s, 1)
-    fleet = FleetProcess(
-        FleetOptions(
-            cars=options.cars,
-            seed=options.seed,
-            credentials=fleet_accounts.credentials,
-            queue_dir=work / "queues",
-            ledger=work / "ledger.csv",
-            processes=options.processes,
-            driving_interval_s=options.driving_interval_s,
-            parked_interval_s=options.parked_interval_s,
-            driving_share=options.driving_share,
-            connect_rate=options.connect_rate,
-            dead_zone_share=1.0,
-            dead_zone_after_s=dead_zone_after,
-            dead_zone_s=options.offline_s,
-        ),
-        broker,
-        work / "fleet.log",
-    )
-    results: dict[str, Any] = {}
+def _rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
     try:
-        for gateway in gateways:
-            gateway.start()
-        say(f"fleet: {options.cars:,} cars in {options.processes} processes ...")
-        fleet.start()
-        connected_s = fleet.wait_connected(share=reachable / options.cars, timeout_s=900)
-        progress = fleet.progress
-        assert progress is not None
-        origin = progress.clock_origin
-        off_at = origin + dead_zone_after
-        back_at = off_at + options.offline_s
-        say(
-            f"  {progress.connected:,} connected {connected_s:.0f} s after the start; "
-            f"all go offline in {off_at - time.time():.0f} s for {options.offline_s:.0f} s"
-        )
-        rss_before, _ = meter.sample(fleet)
-        _wait_until(back_at, fleet, meter, "offline: the cars queue")
-        say("the cars come back ...")
-        reconnect_s = _wait_reconnected(fleet, meter, back_at, reachable)
-        say(f"  {reachable:,} cars connected again {reconnect_s:.1f} s after the dead zone ended")
-        drained = _wait_drained(
-            fleet, meter, options.drain_timeout_s, slack=max(10, options.cars // 1000)
-        )
-        wall_drained = time.time()
-        say(f"  queues {'empty' if drained else 'NOT empty'} {wall_drained - back_at:.0f} s later")
-    finally:
-        summary = fleet.stop(timeout_s=180)
-        for gateway in gateways:
-            gateway.close()
-    with LedgerCheck(services.dsn) as ledger:
-        ledger.load([work / "ledger.csv"])
-        counted, _ = ledger.wait_stored(timeout_s=300)
-    backlog_rows, last_backlog_commit = last_commit_of(services.dsn, off_at, back_at)
-    drain_s = (last_backlog_commit - back_at) if last_backlog_commit else None
-    # Live: samples taken once every car was back (earlier ones waited in a car's queue while
-    # it reconnected: backlog too), until the drain ended (at least 10 s of them).
-    live_from = back_at + reconnect_s
-    live = latency(
-        services.dsn, live_from, max(last_backlog_commit or wall_drained, live_from + 10)
-    )
-    results |= {
-        "cars": options.cars,
-        "cars_reachable": reachable,
-        "broker_client_limit": limit,
-        "fleet_processes": options.processes,
-        "gateway_instances": options.instances,
-        "offline_s": options.offline_s,
-        "connect_s": round(connected_s, 1),
-        "reconnect_s": round(reconnect_s, 1),
-        "backlog_rows": backlog_rows,
-        "drain_s": None if drain_s is None else round(drain_s, 1),
-        "queues_emptied": drained,
-        "live_p50_ms": round(live.p50_ms, 1),
-        "live_p99_ms": round(live.p99_ms, 1),
-        "live_max_ms": round(live.max_ms, 1),
-        "live_samples": live.rows,
-        "gateway_rss_mb_before": round(rss_before, 1),
-        "gateway_rss_mb_max": round(meter.gateway_rss_max, 1),
-        "gateway_pending_max": round(meter.pending_max),
-        "broker_rss_mb_max": round(meter.broker_rss_max, 1),
-        "fleet_rss_mb_max": round(meter.fleet_rss_max, 1),
-        "published": counted.published,
-        "stored": counted.stored,
-        "lost": counted.lost,
-        "duplicated": counted.duplicated,
-        "duplicates_in_tables": duplicates_anywhere(services.dsn),
-        "left_in_car_queues": int(summary.get("queued", 0)),
-        "sim_connect_failures": summary.get("connect_failures"),
-        "sim_sessions": summary.get("sessions"),
-        "sim_backlog_messages": summary.get("backlog_messages"),
-        "sim_msgs_per_s": summary.get("msgs_per_s"),
-    }
-    return results
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except psutil.Error:
+        return 0.0
 
 
-def _wait_until(wall: float, fleet: FleetProcess, meter: Meter, label: str) -> None:
-    next_line = 0.0
-    while (left := wall - time.time()) > 0:
-        fleet.check()
-        rss, pending = meter.sample(fleet)
-        if time.monotonic() >= next_line:
-            progress = fleet.progress
-            connected = progress.connected if progress else 0
-            queued = progress.queued if progress else 0
-            say(
-                f"  {label}: {left:5.0f} s left, connected {connected:,}, queued {queued:,}, "
-                f"gateway RSS {rss:.0f} MB, pending {pending:,.0f}"
+class Cars(Protocol):
+    """What the storm needs of its cars, whichever model they are."""
+
+    def start(self) -> None: ...
+    def check(self) -> None: ...
+    def pids(self) -> list[int]: ...
+    def status(self) -> tuple[int, int, float] | None:
+        """(connected, samples queued in the cars, wall time of the figures), once known."""
+
+    def stop(self) -> dict[str, Any]: ...
+    @property
+    def ledgers(self) -> list[Path]: ...
+
+
+class LeanCars:
+    """bench/_stormcars.py: the storm's timing is the controller's."""
+
+    def __init__(self, fleet: LeanFleet) -> None:
+        self.fleet = fleet
+
+    def start(self) -> None:
+        self.fleet.start()
+
+    def check(self) -> None:
+        self.fleet.check()
+
+    def pids(self) -> list[int]:
+        return self.fleet.pids()
+
+    def status(self) -> tuple[int, int, float] | None:
+        return self.fleet.connected, self.fleet.queued, time.time()
+
+    def stop(self) -> dict[str, Any]:
+        figures = {
+            "queued": self.fleet.queued,
+            "connect_failures": self.fleet.connect_failures,
+            "no_subscriber_acks": self.fleet.no_subscriber,
+        }
+        self.fleet.stop()
+        return figures
+
+    @property
+    def ledgers(self) -> list[Path]:
+        return self.fleet.ledgers
+
+
+class SimCars:
+    """`tgw sim fleet` with its dead zone: the storm's timing is the fleet's own clock."""
+
+    def __init__(self, fleet: FleetProcess) -> None:
+        self.fleet = fleet
+
+    def start(self) -> None:
+        self.fleet.start()
+
+    def check(self) -> None:
+        self.fleet.check()
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.fleet.processes()]
+
+    def status(self) -> tuple[int, int, float] | None:
+        progress = self.fleet.progress
+        if progress is None:
+            return None
+        return progress.connected, progress.queued, progress.seen_wall
+
+    def stop(self) -> dict[str, Any]:
+        return self.fleet.stop(timeout_s=180)
+
+    @property
+    def ledgers(self) -> list[Path]:
+        assert self.fleet.options.ledger is not None
+        return [self.fleet.options.ledger]
+
+
+@dataclass
+class Timeline:
+    connected_before: int = 0
+    connect_s: float = 0.0
+    off_at: float = 0.0
+    back_at: float = 0.0
+    reconnect_s: float = 0.0
+    drained: bool = False
+    drained_at: float = 0.0
+    rss_before: float = 0.0
+
+
+class Storm:
+    def __init__(self, options: Options, services: FleetServices, work: Path) -> None:
+        self.options = options
+        self.services = services
+        self.work = work
+        self.limit = broker_client_limit()
+        self.reachable = min(options.cars, self.limit - options.instances)
+        broker = (services.broker.host, services.broker.port)
+        self.gateways = [
+            GatewayInstance(
+                i,
+                services.add_gateway(f"tgw-storm-{i}"),
+                broker=broker,
+                dsn=services.dsn,
+                log_file=work / f"gateway-{i}.log",
             )
-            next_line = time.monotonic() + 15
-        time.sleep(min(_TICK_S, max(left, 0.01)))
+            for i in range(1, options.instances + 1)
+        ]
+        self.meter = Meter(self.gateways, services)
+        self.timeline = Timeline()
+
+    def cars(self) -> Cars:
+        options, services = self.options, self.services
+        say(f"broker accounts for {options.cars:,} cars ...")
+        accounts = services.add_fleet(options.cars, options.seed)
+        broker = (services.broker.host, services.broker.port)
+        if options.simulator == "lean":
+            check_sample()
+            passwords = read_credentials(accounts.credentials)
+            lean = LeanFleet(
+                [BrokerAccount(vin, passwords[vin], *broker) for vin in accounts.vins],
+                options.processes,
+                LeanFleetOptions(
+                    driving_share=options.driving_share,
+                    driving_interval_s=options.driving_interval_s,
+                    parked_interval_s=options.parked_interval_s,
+                    seed=options.seed,
+                ),
+                self.work / "ledgers",
+                connect_rate=options.connect_rate,
+            )
+            return LeanCars(lean)
+        self.dead_zone_after = round(options.cars / options.connect_rate + options.settle_s, 1)
+        fleet = FleetProcess(
+            FleetOptions(
+                cars=options.cars,
+                seed=options.seed,
+                credentials=accounts.credentials,
+                queue_dir=self.work / "queues",
+                ledger=self.work / "ledger.csv",
+                processes=options.processes,
+                driving_interval_s=options.driving_interval_s,
+                parked_interval_s=options.parked_interval_s,
+                driving_share=options.driving_share,
+                connect_rate=options.connect_rate,
+                dead_zone_share=1.0,
+                dead_zone_after_s=self.dead_zone_after,
+                dead_zone_s=options.offline_s,
+            ),
+            broker,
+            self.work / "fleet.log",
+        )
+        return SimCars(fleet)
+
+    def run(self) -> dict[str, Any]:
+        options, line = self.options, self.timeline
+        if self.reachable < options.cars:
+            say(
+                f"NOTE: this machine lets a process open {self.limit + _MOSQUITTO_OWN_FILES:,} "
+                f"files, so one Mosquitto holds {self.limit:,} clients: "
+                f"{options.cars - self.reachable} of {options.cars:,} cars cannot connect "
+                "(their samples stay queued in the car)"
+            )
+        cars = self.cars()
+        try:
+            for gateway in self.gateways:
+                gateway.start()
+            say(f"cars ({options.simulator}): {options.cars:,} in {options.processes} processes")
+            started = time.monotonic()
+            cars.start()
+            if isinstance(cars, SimCars):
+                origin = _wait_first_progress(cars.fleet)
+                line.off_at = origin + self.dead_zone_after
+                until = line.off_at - 2
+            else:
+                until = time.time() + 900
+            line.connected_before = self._wait(cars, "connecting", until, self.reachable)
+            line.connect_s = time.monotonic() - started
+            say(f"  {line.connected_before:,} connected after {line.connect_s:.0f} s")
+            if isinstance(cars, LeanCars):
+                self._wait(cars, "live traffic", time.time() + options.settle_s, None)
+                line.off_at = time.time()
+                cars.fleet.set_offline(True)
+            line.rss_before, _ = self.meter.sample(cars)
+            line.back_at = line.off_at + options.offline_s
+            say(f"all cars offline for {options.offline_s:.0f} s ...")
+            self._wait(cars, "offline, queueing", line.back_at, None)
+            if isinstance(cars, LeanCars):
+                cars.fleet.set_offline(False)
+            say("the cars come back ...")
+            deadline = line.back_at + 600
+            back = self._wait(cars, "reconnecting", deadline, line.connected_before, fresh=True)
+            line.reconnect_s = time.time() - line.back_at
+            say(f"  {back:,} of {line.connected_before:,} back after {line.reconnect_s:.1f} s")
+            line.drained = self._drained(cars, options.drain_timeout_s)
+            line.drained_at = time.time()
+            say(f"  queues {'empty' if line.drained else 'NOT empty'} after "
+                f"{line.drained_at - line.back_at:.0f} s")  # fmt: skip
+        finally:
+            summary = cars.stop()
+            for gateway in self.gateways:
+                gateway.close()
+        return self.figures(cars, summary)
+
+    def _wait(
+        self, cars: Cars, label: str, until: float, target: int | None, *, fresh: bool = False
+    ) -> int:
+        """Until `until` (wall) or, with `target`, until that many cars are connected; print
+        progress; return the most cars seen connected."""
+        best, since, next_line = 0, time.time(), 0.0
+        while time.time() < until:
+            cars.check()
+            rss, pending = self.meter.sample(cars)
+            status = cars.status()
+            if status is not None and (not fresh or status[2] > since):
+                connected, queued, _ = status
+                best = max(best, connected)
+                if target is not None and connected >= target:
+                    break
+                if time.monotonic() >= next_line:
+                    say(
+                        f"  {label}: connected {connected:,}, queued {queued:,}, gateway RSS "
+                        f"{rss:.0f} MB, pending {pending:,.0f}"
+                    )
+                    next_line = time.monotonic() + 10
+            time.sleep(0.2)
+        return best
+
+    def _drained(self, cars: Cars, timeout_s: float) -> bool:
+        """Until the cars' queues are (nearly) empty; False after `timeout_s`."""
+        since = time.time()
+        slack = max(10, self.options.cars // 1000)
+        deadline = since + timeout_s
+        next_line = 0.0
+        while time.time() < deadline:
+            cars.check()
+            rss, pending = self.meter.sample(cars)
+            status = cars.status()
+            if status is not None and status[2] > since + 1:
+                connected, queued, _ = status
+                if queued <= slack:
+                    return True
+                if time.monotonic() >= next_line:
+                    say(
+                        f"  draining: connected {connected:,}, queued {queued:,}, gateway RSS "
+                        f"{rss:.0f} MB, pending {pending:,.0f}"
+                    )
+                    next_line = time.monotonic() + 10
+            time.sleep(0.5)
+        return False
+
+    def figures(self, cars: Cars, summary: dict[str, Any]) -> dict[str, Any]:
+        options, line, dsn = self.options, self.timeline, self.services.dsn
+        with LedgerCheck(dsn) as ledger:
+            ledger.load(cars.ledgers)
+            counted, _ = ledger.wait_stored(timeout_s=300)
+        backlog_rows, last_backlog_commit = last_commit_of(dsn, line.off_at, line.back_at)
+        drain_s = (last_backlog_commit - line.back_at) if last_backlog_commit else None
+        # Live: samples taken once every car was back (earlier ones waited in a car's queue
+        # while it reconnected: backlog too), until the drain ended (at least 10 s of them).
+        live_from = line.back_at + line.reconnect_s
+        live_to = max(last_backlog_commit or line.drained_at, live_from + 10)
+        live = latency(dsn, live_from, live_to)
+        meter = self.meter
+        return {
+            "simulator": options.simulator,
+            "cars": options.cars,
+            "cars_reachable": self.reachable,
+            "broker_client_limit": self.limit,
+            "car_processes": options.processes,
+            "gateway_instances": options.instances,
+            "offline_s": options.offline_s,
+            "cars_connected_before": line.connected_before,
+            "connect_s": round(line.connect_s, 1),
+            "reconnect_s": round(line.reconnect_s, 1),
+            "backlog_rows": backlog_rows,
+            "drain_s": None if drain_s is None else round(drain_s, 1),
+            "queues_emptied": line.drained,
+            "live_p50_ms": round(live.p50_ms, 1),
+            "live_p99_ms": round(live.p99_ms, 1),
+            "live_max_ms": round(live.max_ms, 1),
+            "live_samples": live.rows,
+            "gateway_rss_mb_before": round(line.rss_before, 1),
+            "gateway_rss_mb_max": round(meter.gateway_rss_max, 1),
+            "gateway_pending_max": round(meter.pending_max),
+            "broker_rss_mb_max": round(meter.broker_rss_max, 1),
+            "cars_rss_mb_max": round(meter.cars_rss_max, 1),
+            "published": counted.published,
+            "stored": counted.stored,
+            "lost": counted.lost,
+            "duplicated": counted.duplicated,
+            "duplicates_in_tables": duplicates_anywhere(dsn),
+            "left_in_car_queues": int(summary.get("queued", 0)),
+            "car_connect_failures": summary.get("connect_failures"),
+            "no_subscriber_acks": summary.get("no_subscriber_acks"),
+        }
 
 
-def _wait_reconnected(fleet: FleetProcess, meter: Meter, back_at: float, target: int) -> float:
-    """Seconds from `back_at` until `target` cars are connected (or 600 s: then what it got)."""
-    best = 0
-    while time.time() - back_at < 600:
+def _wait_first_progress(fleet: FleetProcess, timeout_s: float = 600.0) -> float:
+    """The wall-clock origin of the fleet's clock, from its first progress line."""
+    deadline = time.monotonic() + timeout_s
+    while (progress := fleet.progress) is None:
         fleet.check()
-        meter.sample(fleet)
-        progress = fleet.progress
-        if progress is not None and progress.seen_wall > back_at:
-            best = max(best, progress.connected)
-            if progress.connected >= target:
-                return progress.seen_wall - back_at
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the fleet reported nothing in {timeout_s:.0f} s")
         time.sleep(0.2)
-    say(f"  only {best:,} of {target:,} cars reconnected within 600 s")
-    return time.time() - back_at
-
-
-def _wait_drained(fleet: FleetProcess, meter: Meter, timeout_s: float, slack: int) -> bool:
-    """Until a progress line says the cars' queues are (nearly) empty; False after timeout."""
-    since = time.monotonic()
-    deadline = since + timeout_s
-    next_line = since + 15
-    while time.monotonic() < deadline:
-        fleet.check()
-        rss, pending = meter.sample(fleet)
-        progress = fleet.progress
-        if progress is not None and progress.seen_at > since + 2 and progress.queued <= slack:
-            return True
-        if progress is not None and time.monotonic() >= next_line:
-            say(
-                f"  draining: connected {progress.connected:,}, queued {progress.queued:,}, "
-                f"{progress.msgs_per_s:,.0f} msgs/s, gateway RSS {rss:.0f} MB, "
-                f"pending {pending:,.0f}"
-            )
-            next_line = time.monotonic() + 15
-        time.sleep(_TICK_S)
-    return False
+    return progress.clock_origin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             work, timescaledb=storage_flag(options.storage), durable=options.durable
         )
         with services:
-            results = run_storm(options, services, work)
+            results = Storm(options, services, work).run()
             results["timescaledb"] = services.timescaledb_enabled
     results["wall_seconds"] = round(time.monotonic() - started)
     results["cpus"] = psutil.cpu_count()
