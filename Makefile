@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 # $(call pytest,<label>,<TGW_TEST_STORAGE>,<pytest args>): one timed pytest pass; exit 5 (no tests ran) fails.
 define pytest
 t=$$SECONDS; echo "make: == pytest, $(1)"; rc=0; \
-TGW_TEST_STORAGE=$(2) $(BIN)/pytest $(3) $(PYTEST_ARGS) || rc=$$?; \
+TGW_TEST_STORAGE=$(2) $(BIN)/pytest --durations=10 $(3) $(PYTEST_ARGS) || rc=$$?; \
 if [ $$rc -eq 5 ]; then echo "make: pytest ran no tests [$(1)]; that counts as a failure" >&2; fi; \
 if [ $$rc -ne 0 ]; then echo "make: !! pytest, $(1): FAILED (exit $$rc)" >&2; exit $$rc; fi; \
 echo "make: -- pytest, $(1): passed in $$((SECONDS - t)) s"
@@ -52,7 +52,7 @@ test: setup
 	@$(MAKE) lint
 	@if [ -f "$$($(PG_CONFIG) --sharedir)/extension/timescaledb.control" ]; then \
 	  $(call pytest,TimescaleDB mode: all tests,timescaledb,); \
-	  $(call pytest,plain PostgreSQL mode: integration + e2e,postgres,-m "integration or e2e"); \
+	  $(call pytest,plain PostgreSQL mode: storage tests,postgres,-m storage); \
 	elif [ "$${TGW_ALLOW_NO_TIMESCALEDB:-0}" = 1 ] || [ "$${TGW_SKIP_TIMESCALEDB:-0}" = 1 ]; then \
 	  echo "make: WARNING: TimescaleDB is not installed; running everything on plain PostgreSQL only" >&2; \
 	  $(call pytest,plain PostgreSQL mode: all tests,postgres,); \

@@ -47,6 +47,16 @@ StorageMode = Literal["timescaledb", "postgres"]
 STORAGE_ENV = "TGW_TEST_STORAGE"
 KEEP_ENV = "TGW_TEST_KEEP_SERVICES"
 TIERS = ("unit", "integration", "e2e")
+# Test files whose SQL differs between the storage modes (hypertables or partitions, time_bucket
+# or date_bin): `make test` runs these again on plain PostgreSQL (marker `storage`).
+STORAGE_TEST_FILES = (
+    "test_migrations.py",
+    "test_storage_",
+    "test_ingest.py",
+    "test_ingest_writer.py",
+    "test_fleet_api.py",
+    "test_insights_",
+)
 
 _storage_mode_key = pytest.StashKey[StorageMode]()
 
@@ -91,6 +101,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             tier = ""
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "integration" and item.path.name.startswith(STORAGE_TEST_FILES):
+            item.add_marker(pytest.mark.storage)
         if plain_postgres and item.get_closest_marker("timescaledb") is not None:
             item.add_marker(skip_timescaledb)
 
