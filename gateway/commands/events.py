@@ -40,9 +40,14 @@ class Subscription:
     async def next(self, timeout_s: float) -> CommandEvent | None:
         """The next event, or None on timeout. Raises StopAsyncIteration when ended."""
         try:
-            event = await asyncio.wait_for(self.queue.get(), timeout_s)
-        except TimeoutError:
-            return None
+            # Under load events wait here already: take them without a trip through the event
+            # loop each (wait_for runs a task), or a busy stream falls behind by seconds.
+            event = self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            try:
+                event = await asyncio.wait_for(self.queue.get(), timeout_s)
+            except TimeoutError:
+                return None
         if event is None:
             raise StopAsyncIteration
         return event
