@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,11 +14,13 @@ import httpx
 import psutil
 
 from bench._stack import GatewayAccounts
-from gateway.devstack import free_port, port_is_free
+from gateway.devstack import port_is_free
 
 __all__ = ["GatewayProcess", "ProcessGroupSampler"]
 
 _STARTUP_TIMEOUT_S = 60.0
+# Below Linux's default ephemeral range (32768-60999) and above the well-known services.
+_PORTS_FROM, _PORTS_TO = 20_000, 32_000
 _STORED_TELEMETRY = 'tgw_ingest_rows_stored_total{table="telemetry"}'
 _BATCH_SERIES = (
     "tgw_ingest_batch_messages_count",
@@ -27,12 +30,18 @@ _BATCH_SERIES = (
 
 
 def _free_port_run(count: int) -> int:
-    """A first port such that `count` consecutive ports are free (one per worker)."""
-    for _ in range(100):
-        first = free_port()
-        if first + count < 65536 and all(port_is_free(first + i) for i in range(count)):
+    """A first port such that `count` consecutive ports are free (one per worker).
+
+    Taken below the ephemeral range: there the OS's own picks for listening sockets alternate
+    with the ports of outgoing connections, so with thousands of those open (cars, other test
+    runs) two consecutive free ports are rare.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(_PORTS_FROM, _PORTS_TO - count)
+        if all(port_is_free(first + i) for i in range(count)):
             return first
-    raise RuntimeError(f"found no {count} consecutive free ports")
+    raise RuntimeError(f"found no {count} consecutive free ports in {_PORTS_FROM}-{_PORTS_TO}")
 
 
 class GatewayProcess:
