@@ -26,7 +26,7 @@ if [ $$rc -ne 0 ]; then echo "make: !! pytest, $(1): FAILED (exit $$rc)" >&2; ex
 echo "make: -- pytest, $(1): passed in $$((SECONDS - t)) s"
 endef
 
-.PHONY: help setup lint test demo bench-ingest bench-commands chaos bench-storm soak
+.PHONY: help setup lint test demo bench-ingest bench-commands bench-console chaos bench-storm soak
 
 help:
 	@echo "make test          set up what is missing, then ruff, mypy, pytest (TimescaleDB, then plain PostgreSQL)"
@@ -79,3 +79,6 @@ bench-storm: setup
 
 soak: setup
 	$(BIN)/python -m bench.soak $(BENCH_ARGS)
+
+bench-console: setup
+	TGW_BENCH_CONSOLE=1 $(BIN)/pytest -s -p no:cacheprovider tests/e2e/test_console_scale.py

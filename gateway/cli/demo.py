@@ -52,7 +52,8 @@ DEFAULT_HTTP_PORT = 8080
 KEY_ID = "tgw-demo"
 TOKEN_NAME = "demo-operator"  # noqa: S105  # the token's name, not a secret
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
+# Beyond the gateway's own 30 s budget to flush and commit what it received.
+STOP_TIMEOUT_S = 45.0
 # The child is the ordinary `tgw` entry point (plugins such as `tgw sim` included).
 _TGW = [
     sys.executable,

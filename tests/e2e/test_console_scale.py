@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -34,7 +35,16 @@ from tests.integration.command_support import command_gateway_settings, make_key
 from tests.integration.fleet_support import wait_http
 from tests.integration.ingest_support import running_gateway
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+# A measurement, not a check: speed is measured by `make bench-console`, never asserted in the
+# ordinary test run (a loaded CI machine would fail it for reasons that are not bugs).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        os.environ.get("TGW_BENCH_CONSOLE") != "1",
+        reason="a measurement: run it with `make bench-console` (TGW_BENCH_CONSOLE=1)",
+    ),
+]
 
 CARS = 10_000
 MOVING_PER_S = 3_000
