@@ -164,11 +164,15 @@ class InsightRefresher:
 
     async def _derive(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
         await conn.execute("ANALYZE tgw_trip_scope")
-        cars = int(await _value(conn, "SELECT count(*) FROM tgw_trip_scope"))
+        cars, oldest = await _row(conn, "SELECT count(*), min(anchor) FROM tgw_trip_scope")
+        await conn.execute(trip_sql.CREATE_CHANGES)
         await conn.execute(trip_sql.UPDATE_FIRST_SEEN)
         deleted = (await conn.execute(trip_sql.DELETE_SCOPED_TRIPS)).rowcount
-        written = (await conn.execute(trip_sql.DERIVE_TRIPS)).rowcount
-        return {"cars": cars, "trips_deleted": deleted, "trips_written": written}
+        written = (
+            await conn.execute(trip_sql.DERIVE_TRIPS, {"oldest_anchor": oldest or "-infinity"})
+        ).rowcount
+        await conn.execute(trip_sql.CHANGES)
+        return {"cars": int(cars), "trips_deleted": deleted, "trips_written": written}
 
     async def _utilisation(
         self,
@@ -282,7 +286,8 @@ class InsightRefresher:
                     trip_sql.SCOPE_VINS, {"vins": batch, "since": since or "-infinity"}
                 )
                 counts = await self._derive(conn)
-                # A car's utilisation from the hour its trips changed; the others are untouched.
+                await conn.execute(trip_sql.FORCE_CHANGES)
+                # A car's utilisation from the hour its trips begin; the others are untouched.
                 rows = await self._utilisation(conn, now, refreshed_at, only_scoped=True)
                 changed = await _value(conn, "SELECT min(from_hour) FROM tgw_util_scope")
                 if changed is not None:

@@ -23,12 +23,15 @@ from gateway.insights.grid import EARTH_RADIUS_KM
 
 __all__ = [
     "ALL_CARS",
+    "CHANGES",
+    "CREATE_CHANGES",
     "CREATE_TRIP_SCOPE",
     "DELETE_SCOPED_TRIPS",
     "DERIVE_TRIPS",
     "DISTANCE_TOLERANCE_KM",
     "DISTANCE_TOLERANCE_SHARE",
     "DOOR_AJAR_SPEED_KMH",
+    "FORCE_CHANGES",
     "HARSH_ACCEL_MS2",
     "HARSH_BRAKE_MS2",
     "HARSH_MAX_GAP_S",
@@ -100,16 +103,89 @@ ALL_CARS: Final = """
 SELECT vin FROM latest_state UNION SELECT vin FROM insight_vehicles ORDER BY vin
 """
 
-UPDATE_FIRST_SEEN: Final = """
-INSERT INTO insight_vehicles AS iv (vin, first_seen)
-SELECT vin, first_new FROM tgw_trip_scope
-ON CONFLICT (vin) DO UPDATE SET first_seen = LEAST(iv.first_seen, EXCLUDED.first_seen)
-WHERE EXCLUDED.first_seen < iv.first_seen
+# Where each car's timeline changed: the utilisation is rebuilt from there (see CHANGES).
+CREATE_CHANGES: Final = """
+CREATE TEMP TABLE IF NOT EXISTS tgw_trip_changes (
+    vin   text        PRIMARY KEY,
+    since timestamptz NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS tgw_old_trips (
+    vin         text,
+    start_time  timestamptz,
+    end_time    timestamptz,
+    start_lat   double precision,
+    start_lon   double precision,
+    end_lat     double precision,
+    end_lon     double precision,
+    distance_km double precision
+) ON COMMIT DELETE ROWS
 """
 
+# A car seen for the first time, or with samples older than its first one: its timeline now
+# starts earlier.
+UPDATE_FIRST_SEEN: Final = """
+WITH seen AS (
+    INSERT INTO insight_vehicles AS iv (vin, first_seen)
+    SELECT vin, first_new FROM tgw_trip_scope
+    ON CONFLICT (vin) DO UPDATE SET first_seen = EXCLUDED.first_seen
+    WHERE EXCLUDED.first_seen < iv.first_seen
+    RETURNING iv.vin, iv.first_seen
+)
+INSERT INTO tgw_trip_changes (vin, since) SELECT vin, first_seen FROM seen
+ON CONFLICT (vin) DO UPDATE SET since = least(tgw_trip_changes.since, EXCLUDED.since)
+"""
+
+# Kept aside to compare with what the derivation writes.
 DELETE_SCOPED_TRIPS: Final = """
-DELETE FROM trips t USING tgw_trip_scope s
-WHERE t.vin = s.vin AND t.start_time >= s.anchor
+WITH gone AS (
+    DELETE FROM trips t USING tgw_trip_scope s
+    WHERE t.vin = s.vin AND t.start_time >= s.anchor
+    RETURNING t.vin, t.start_time, t.end_time, t.start_lat, t.start_lon, t.end_lat, t.end_lon,
+              t.distance_km
+)
+INSERT INTO tgw_old_trips SELECT * FROM gone
+"""
+
+# A rebuild redoes each car's utilisation from where its re-derived trips begin, whether or not
+# they changed.
+FORCE_CHANGES: Final = """
+INSERT INTO tgw_trip_changes (vin, since)
+SELECT s.vin,
+       coalesce((SELECT max(t.end_time) FROM trips t
+                 WHERE t.vin = s.vin AND t.start_time < s.anchor),
+                (SELECT iv.first_seen FROM insight_vehicles iv WHERE iv.vin = s.vin),
+                s.anchor)
+FROM tgw_trip_scope s
+ON CONFLICT (vin) DO UPDATE SET since = least(tgw_trip_changes.since, EXCLUDED.since)
+"""
+
+# The first trip that differs per car (added, removed, or changed in what utilisation uses:
+# times, places, distance). If it still starts when it did, the timeline changed from that
+# start; otherwise from the end of the trip before it (or the first sighting).
+CHANGES: Final = """
+WITH new AS (
+    SELECT t.vin, t.start_time, t.end_time, t.start_lat, t.start_lon, t.end_lat, t.end_lon,
+           t.distance_km
+    FROM trips t JOIN tgw_trip_scope s ON t.vin = s.vin AND t.start_time >= s.anchor
+), diff AS (
+    (SELECT * FROM tgw_old_trips EXCEPT ALL SELECT * FROM new)
+    UNION ALL
+    (SELECT * FROM new EXCEPT ALL SELECT * FROM tgw_old_trips)
+), first AS (
+    SELECT vin, min(start_time) AS start_time FROM diff GROUP BY vin
+)
+INSERT INTO tgw_trip_changes (vin, since)
+SELECT f.vin,
+       CASE WHEN EXISTS (SELECT 1 FROM tgw_old_trips o
+                         WHERE o.vin = f.vin AND o.start_time = f.start_time)
+             AND EXISTS (SELECT 1 FROM new n WHERE n.vin = f.vin AND n.start_time = f.start_time)
+            THEN f.start_time
+            ELSE coalesce((SELECT max(t.end_time) FROM trips t
+                           WHERE t.vin = f.vin AND t.start_time < f.start_time),
+                          (SELECT iv.first_seen FROM insight_vehicles iv WHERE iv.vin = f.vin))
+       END
+FROM first f
+ON CONFLICT (vin) DO UPDATE SET since = least(tgw_trip_changes.since, EXCLUDED.since)
 """
 
 
@@ -152,7 +228,11 @@ WITH raw AS (
                OR COALESCE(t.door_rl_open, false) OR COALESCE(t.door_rr_open, false)
                OR COALESCE(t.trunk_open, false) AS door_open
     FROM tgw_trip_scope s
-    JOIN telemetry t ON t.vin = s.vin AND t.time >= s.anchor
+    -- Per car through the (vin, time) index; the constant bound prunes chunks or partitions.
+    CROSS JOIN LATERAL (
+        SELECT * FROM telemetry t
+        WHERE t.vin = s.vin AND t.time >= s.anchor AND t.time >= %(oldest_anchor)s
+    ) t
 ), w AS (
     SELECT raw.*,
            max(CASE WHEN in_use IS NOT NULL THEN {_STATE_CODE} END) OVER upto AS state_code,
@@ -168,8 +248,8 @@ WITH raw AS (
            before AS (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 ), m AS (
     SELECT vin, time, epoch, lat, lon, speed, fuel, soc, odometer, by_ignition, trip_key,
-           state_code % 2 = 1 AS state,
-           COALESCE(prev_code % 2 = 1, false) AS prev_state,
+           state_code %% 2 = 1 AS state,
+           COALESCE(prev_code %% 2 = 1, false) AS prev_state,
            CASE WHEN time > t1 AND time - t1 <= {_GAP}
                 THEN (speed - v1) / 3.6 / extract(epoch FROM time - t1) END AS accel,
            CASE WHEN t1 > t2 AND t1 - t2 <= {_GAP}
@@ -180,7 +260,7 @@ WITH raw AS (
                      AND lon IS NOT NULL
                 THEN {_STEP_KM} END AS step_km
     FROM w
-    WHERE state_code % 2 = 1 OR prev_code % 2 = 1
+    WHERE state_code %% 2 = 1 OR prev_code %% 2 = 1
 ), trip AS (
     SELECT vin,
            min(time) AS start_time,

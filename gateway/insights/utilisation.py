@@ -46,23 +46,17 @@ def hour_bucket(mode: StorageMode, expression: str) -> str:
 
 def scope_utilisation(mode: StorageMode) -> str:
     """Every known car, from the hour of the last refresh (or its first sighting); a car whose
-    trips were just re-derived (in tgw_trip_scope), from the end of its last unchanged trip."""
+    trips changed (tgw_trip_changes), from where its timeline changed."""
     since = hour_bucket(
         mode,
         "greatest(iv.first_seen, least(coalesce(%(refreshed_at)s::timestamptz, iv.first_seen), "
-        "coalesce(changed.since, 'infinity')))",
+        "coalesce(c.since, 'infinity')))",
     )
     return f"""
 INSERT INTO tgw_util_scope (vin, from_hour)
 SELECT iv.vin, {since}
 FROM insight_vehicles iv
-LEFT JOIN LATERAL (
-    SELECT coalesce(
-               (SELECT max(t.end_time) FROM trips t
-                WHERE t.vin = s.vin AND t.start_time < s.anchor),
-               iv.first_seen) AS since
-    FROM tgw_trip_scope s WHERE s.vin = iv.vin
-) changed ON true
+LEFT JOIN tgw_trip_changes c ON c.vin = iv.vin
 """  # noqa: S608  # built from this module's constants, never from input
 
 

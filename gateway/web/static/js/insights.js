@@ -175,9 +175,12 @@ function fact(label, value) {
   return box;
 }
 
+// The last `days` days up to now. Longer ranges start at a UTC midnight: whole days come from
+// the daily rollups, only today's hours from the hourly table (cheap on a big fleet).
 function rangeParams(days) {
   const to = new Date();
   const from = new Date(to.getTime() - days * 86400 * 1000);
+  if (days > 1) from.setTime(Date.UTC(to.getUTCFullYear(), to.getUTCMonth(), to.getUTCDate() - (days - 1)));
   return new URLSearchParams({ from: from.toISOString(), to: to.toISOString() });
 }
 
