@@ -56,6 +56,8 @@ class RefreshOptions:
         rebuild_batch_cars: cars per transaction in a rebuild.
         work_mem: PostgreSQL's `work_mem` for the refresher's own transactions (its window
             sorts over a car's samples); the server's default is meant for small queries.
+        jit: let PostgreSQL compile the refresher's queries (off: compiling costs a second or
+            two per statement, more than these statements take).
     """
 
     interval_s: float = 60.0
@@ -63,6 +65,7 @@ class RefreshOptions:
     max_past_age_s: float = MAX_PAST_AGE_MS / 1000
     rebuild_batch_cars: int = 100
     work_mem: str = "64MB"
+    jit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +170,9 @@ class InsightRefresher:
         cars, oldest = await _row(conn, "SELECT count(*), min(anchor) FROM tgw_trip_scope")
         await conn.execute(trip_sql.CREATE_CHANGES)
         await conn.execute(trip_sql.UPDATE_FIRST_SEEN)
-        deleted = (await conn.execute(trip_sql.DELETE_SCOPED_TRIPS)).rowcount
-        written = (
-            await conn.execute(trip_sql.DERIVE_TRIPS, {"oldest_anchor": oldest or "-infinity"})
-        ).rowcount
+        bound = {"oldest_anchor": oldest or "-infinity"}
+        deleted = (await conn.execute(trip_sql.DELETE_SCOPED_TRIPS, bound)).rowcount
+        written = (await conn.execute(trip_sql.DERIVE_TRIPS, bound)).rowcount
         await conn.execute(trip_sql.CHANGES)
         return {"cars": int(cars), "trips_deleted": deleted, "trips_written": written}
 
@@ -190,12 +192,18 @@ class InsightRefresher:
                 "(SELECT 1 FROM tgw_trip_scope s WHERE s.vin = u.vin)"
             )
         await conn.execute("ANALYZE tgw_util_scope")
-        await conn.execute(util_sql.DELETE_SCOPED_UTILISATION)
+        earliest = await _value(conn, "SELECT min(from_hour) FROM tgw_util_scope")
+        await conn.execute(
+            util_sql.DELETE_SCOPED_UTILISATION, {"earliest": earliest or "-infinity"}
+        )
         return (await conn.execute(self._materialise, {"now": now})).rowcount
 
     async def _tune(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        # Transaction-local: the pool's connection goes back with the server's default.
-        await conn.execute("SELECT set_config('work_mem', %s, true)", (self.options.work_mem,))
+        # Transaction-local: the pool's connection goes back with the server's defaults.
+        await conn.execute(
+            "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)",
+            (self.options.work_mem, "on" if self.options.jit else "off"),
+        )
 
     async def _rollup(self, conn: psycopg.AsyncConnection[Any], since: datetime | None) -> None:
         if since is None:

@@ -82,7 +82,6 @@ _TRIP_COLUMNS: Final = sql.SQL(
 )
 
 
-_CELL_KEY: Final = "x.cell_y::text || ':' || x.cell_x::text"
 _MODEL_FILTER: Final = "AND u.model = %(model)s"
 # The hours of a range outside its whole UTC days (see _split_days).
 _EDGE_HOURS: Final = (
@@ -114,17 +113,25 @@ _FLEET_EXTENT: Final = """
 """
 
 
-def _split_days(first: datetime, last: datetime) -> dict[str, datetime]:
-    """[first, last) as whole UTC days [day_lo, day_hi) and the hours at either end."""
+def _split_days(first: datetime, last: datetime, now: datetime) -> dict[str, datetime]:
+    """[first, last) as whole UTC days [day_lo, day_hi) and the hours at either end.
+
+    A range that runs up to now reads today from the daily rollups too: today's rows hold the
+    day so far (there are no hours after now), so only a range that starts inside a day, or ends
+    before now inside one, reads hours from the big hourly table.
+    """
     day_lo = first.replace(hour=0)
     if day_lo < first:
         day_lo += timedelta(days=1)
     day_hi = last.replace(hour=0)
+    if last > now and day_hi < last:
+        day_hi += timedelta(days=1)  # today so far
+        last = day_hi
     if day_lo >= day_hi:  # no whole day: every hour from the hourly table, once
         return {"day_lo": first, "day_hi": first, "h1_lo": first, "h1_hi": last,
                 "h2_lo": last, "h2_hi": last}  # fmt: skip
     return {"day_lo": day_lo, "day_hi": day_hi, "h1_lo": first, "h1_hi": day_lo,
-            "h2_lo": day_hi, "h2_hi": last}  # fmt: skip
+            "h2_lo": day_hi, "h2_hi": max(last, day_hi)}  # fmt: skip
 
 
 class AreaError(ValueError):
@@ -248,8 +255,11 @@ class InsightStore:
         try:
             async with (
                 self._pool.connection() as conn,
+                conn.transaction(),
                 conn.cursor(row_factory=dict_row) as cur,
             ):
+                # Compiling these short aggregates costs more than running them (1-2 s).
+                await cur.execute("SET LOCAL jit = off")
                 await cur.execute(query, params)
                 rows: list[dict[str, Any]] = await cur.fetchall()
                 return rows
@@ -374,7 +384,7 @@ class InsightStore:
         refreshed_at = state[0]["refreshed_at"] if state else None
         now: datetime = state[0]["now"] if state else datetime.now(UTC)
         params: dict[str, Any] = {"first": first, "last": last, "tz": tz, "model": model}
-        params.update(_split_days(first, last))
+        params.update(_split_days(first, last, now))
         if vin is not None:
             params["vin"] = vin
             groups = await self._fetch(self._one_car_groups(group_by, params), params)
@@ -384,6 +394,10 @@ class InsightStore:
             week = await self._fetch(
                 _WEEK_OF_FLEET.format(model=_MODEL_FILTER if model else ""), params
             )
+        for row in groups:
+            if group_by == "cell":
+                y, x = row.pop("cell_y"), row.pop("cell_x")
+                row["key"] = "(unknown)" if y is None or x is None else f"{y}:{x}"
         extent = await self._fetch(
             _FLEET_EXTENT.format(model=_MODEL_FILTER if model else ""), params
         )
@@ -463,7 +477,11 @@ class InsightStore:
                 WHERE true {model.replace("x.model", "v.model")}
                 GROUP BY x.vin
             """  # noqa: S608  # assembled from constants; values are parameters
-        key = _CELL_KEY if group_by == "cell" else f"coalesce(a.name, '{_OUTSIDE}')"
+        key, group = (
+            ("NULL::text AS key, x.cell_y, x.cell_x", "x.cell_y, x.cell_x")
+            if group_by == "cell"
+            else (f"coalesce(a.name, '{_OUTSIDE}') AS key", "1")
+        )
         areas = self._area_join(params) if group_by == "area" else ""
         return f"""
             WITH x AS (
@@ -475,30 +493,31 @@ class InsightStore:
                 FROM utilisation_hourly u LEFT JOIN vehicles v ON v.vin = u.vin
                 WHERE {_EDGE_HOURS.replace("bucket", "u.bucket")}
             )
-            SELECT {key} AS key, 0 AS cars, sum(x.rented_s) AS rented_s,
+            SELECT {key}, 0 AS cars, sum(x.rented_s) AS rented_s,
                    sum(x.idle_s) AS idle_s, sum(x.trips)::bigint AS trips, sum(x.km) AS km,
                    NULL AS model
             FROM x {areas}
             WHERE true {model}
-            GROUP BY 1
+            GROUP BY {group}
         """  # noqa: S608  # assembled from constants; values are parameters
 
     def _one_car_groups(self, group_by: UtilisationGrouping, params: dict[str, Any]) -> str:
         key = {
-            "car": "u.vin",
-            "model": "coalesce(v.model, '(unknown)')",
-            "cell": _CELL_KEY.replace("x.", "u."),
-            "area": f"coalesce(a.name, '{_OUTSIDE}')",
+            "car": "u.vin AS key",
+            "model": "coalesce(v.model, '(unknown)') AS key",
+            "cell": "NULL::text AS key, u.cell_y, u.cell_x",
+            "area": f"coalesce(a.name, '{_OUTSIDE}') AS key",
         }[group_by]
+        group = "u.cell_y, u.cell_x" if group_by == "cell" else "1"
         areas = self._area_join(params, "u") if group_by == "area" else ""
         model = "AND v.model = %(model)s" if params["model"] else ""
         return f"""
-            SELECT {key} AS key, count(DISTINCT u.vin) AS cars, sum(u.rented_s) AS rented_s,
+            SELECT {key}, count(DISTINCT u.vin) AS cars, sum(u.rented_s) AS rented_s,
                    sum(u.idle_s) AS idle_s, sum(u.trips)::bigint AS trips, sum(u.km) AS km,
                    min(v.model) AS model
             FROM utilisation_hourly u LEFT JOIN vehicles v ON v.vin = u.vin {areas}
             WHERE u.vin = %(vin)s AND u.bucket >= %(first)s AND u.bucket < %(last)s {model}
-            GROUP BY 1
+            GROUP BY {group}
         """  # noqa: S608  # assembled from constants; values are parameters
 
     def _cell_areas(self) -> tuple[list[int], list[int], list[str]]:
@@ -536,10 +555,17 @@ class InsightStore:
         if group_by == "cell":
             match = _CELL_RE.match(key)
             if match is not None:
-                cell = Cell(int(match[1]), int(match[2]))
-                bounds = [cell.south, cell.west, cell.north, cell.east]
+                y, x = int(match[1]), int(match[2])
+                bounds = [
+                    round(y * CELL_LAT_DEG, 6),
+                    round(x * CELL_LON_DEG, 6),
+                    round((y + 1) * CELL_LAT_DEG, 6),
+                    round((x + 1) * CELL_LON_DEG, 6),
+                ]
                 label = f"cell {key}"
-        return UtilisationGroup(
+        # Built from the database's own numbers: no validation needed (a heat map has
+        # hundreds of cells, and validating each costs more than the query).
+        return UtilisationGroup.model_construct(
             key=key,
             label=label,
             cars=float(row.get("cars") or 0),
@@ -551,6 +577,8 @@ class InsightStore:
             trips_per_car_day=_ratio(trips * 86400, rented + idle, 3),
             km=round(float(row["km"] or 0.0), 3),
             model=row.get("model") if group_by == "car" else None,
+            last_trip_end=None,
+            idle_since_s=None,
             bounds=bounds,
         )
 

@@ -139,7 +139,7 @@ ON CONFLICT (vin) DO UPDATE SET since = least(tgw_trip_changes.since, EXCLUDED.s
 DELETE_SCOPED_TRIPS: Final = """
 WITH gone AS (
     DELETE FROM trips t USING tgw_trip_scope s
-    WHERE t.vin = s.vin AND t.start_time >= s.anchor
+    WHERE t.vin = s.vin AND t.start_time >= s.anchor AND t.start_time >= %(oldest_anchor)s
     RETURNING t.vin, t.start_time, t.end_time, t.start_lat, t.start_lon, t.end_lat, t.end_lon,
               t.distance_km
 )
@@ -204,10 +204,11 @@ _STATE_CODE = "(epoch * 1000000)::bigint * 2 + in_use::int"
 # One ordered pass per car over its samples from the anchor on (one sort; every window shares the
 # partition and order), then one aggregate per trip:
 #   state      the in-use state carried forward over samples without it: the running maximum
-#              of epoch-microseconds * 2 + state picks the newest known state;
-#   prev_code  the same up to the sample before (so a start is state AND NOT previous state);
-#   trip_key   the last sample not in use strictly before this one: the same for every sample of
-#              a trip and for the sample that ends it (NULL only for a car's first trip);
+#              of epoch-microseconds * 2 + state picks the newest known state (the order is
+#              unique, so the default frame ends at the current sample);
+#   prev_code  the same at the sample before (so a start is state AND NOT previous state);
+#   trip_key   the last sample not in use before this one: the same for every sample of a trip
+#              and for the sample that ends it (NULL only for a car's first trip);
 #   members    the samples in use plus the first sample not in use after them (where it ended).
 # First and last values come from min/max over ARRAY[epoch, value] (no sort per trip).
 # Harsh driving counts between samples in use only: the pair into the first sample (from parked)
@@ -233,19 +234,22 @@ WITH raw AS (
         SELECT * FROM telemetry t
         WHERE t.vin = s.vin AND t.time >= s.anchor AND t.time >= %(oldest_anchor)s
     ) t
-), w AS (
+), w1 AS (
     SELECT raw.*,
-           max(CASE WHEN in_use IS NOT NULL THEN {_STATE_CODE} END) OVER upto AS state_code,
-           max(CASE WHEN in_use IS NOT NULL THEN {_STATE_CODE} END) OVER before AS prev_code,
-           max(CASE WHEN NOT in_use THEN time END) OVER before AS trip_key,
+           max(CASE WHEN in_use IS NOT NULL THEN {_STATE_CODE} END) OVER o AS state_code,
+           max(CASE WHEN NOT in_use THEN time END) OVER o AS last_off,
            lag(time) OVER o AS t1, lag(speed) OVER o AS v1,
            lag(time, 2) OVER o AS t2, lag(speed, 2) OVER o AS v2,
            lag(lat) OVER o AS lat1, lag(lon) OVER o AS lon1,
            lag(door_open) OVER o AS door1
     FROM raw
-    WINDOW o AS (PARTITION BY vin ORDER BY time, boot_id, seq),
-           upto AS (o ROWS UNBOUNDED PRECEDING),
-           before AS (o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    WINDOW o AS (PARTITION BY vin ORDER BY time, boot_id, seq)
+), w AS (
+    SELECT w1.*,
+           lag(state_code) OVER o AS prev_code,
+           lag(last_off) OVER o AS trip_key
+    FROM w1
+    WINDOW o AS (PARTITION BY vin ORDER BY time, boot_id, seq)
 ), m AS (
     SELECT vin, time, epoch, lat, lon, speed, fuel, soc, odometer, by_ignition, trip_key,
            state_code %% 2 = 1 AS state,

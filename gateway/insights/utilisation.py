@@ -60,9 +60,10 @@ LEFT JOIN tgw_trip_changes c ON c.vin = iv.vin
 """  # noqa: S608  # built from this module's constants, never from input
 
 
+# The constant bound (the earliest from_hour) lets the planner read only those hours.
 DELETE_SCOPED_UTILISATION: Final = """
 DELETE FROM utilisation_hourly u USING tgw_util_scope s
-WHERE u.vin = s.vin AND u.bucket >= s.from_hour
+WHERE u.vin = s.vin AND u.bucket >= s.from_hour AND u.bucket >= %(earliest)s
 """
 
 
@@ -87,7 +88,11 @@ WITH sc AS (
            lead(t.start_time) OVER (PARTITION BY t.vin ORDER BY t.start_time) AS next_start,
            row_number() OVER (PARTITION BY t.vin ORDER BY t.start_time) AS n
     FROM sc
-    JOIN trips t ON t.vin = sc.vin AND t.start_time >= coalesce(sc.prev_start, '-infinity')
+    -- Per car through the primary key: a few trips each, not a pass over all of them.
+    CROSS JOIN LATERAL (
+        SELECT * FROM trips t
+        WHERE t.vin = sc.vin AND t.start_time >= coalesce(sc.prev_start, '-infinity')
+    ) t
 ), seg AS (
     -- Rented: the trip (an open one until now), where it started.
     SELECT vin, start_time AS s, least(coalesce(end_time, %(now)s), %(now)s) AS e, true AS rented,

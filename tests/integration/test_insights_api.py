@@ -45,16 +45,20 @@ async def insights_gateway(
 
 
 async def _trips_derived(client: httpx.AsyncClient, vin: str) -> list[dict[str, Any]]:
-    # The gateway's refresher runs once at start-up; wait for it (never a fixed sleep).
+    # The gateway's refresher builds everything once at start-up; wait until it recorded that
+    # it is done (never a fixed sleep).
     deadline = time.monotonic() + 30
-    params = {"from": (T0 - timedelta(hours=1)).isoformat()}
-    while True:
-        response = await client.get(f"/v1/vehicles/{vin}/trips", params=params)
+    while time.monotonic() < deadline:
+        response = await client.get("/v1/insights/utilisation")
         assert response.status_code == 200, response.text
-        items: list[dict[str, Any]] = response.json()["items"]
-        if items or time.monotonic() > deadline:
-            return items
+        if response.json()["refreshed_at"] is not None:
+            break
         await asyncio.sleep(0.2)
+    params = {"from": (T0 - timedelta(hours=1)).isoformat()}
+    response = await client.get(f"/v1/vehicles/{vin}/trips", params=params)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
 
 
 async def test_trips_tracks_areas_and_pages(

@@ -231,7 +231,9 @@ function renderUtilisation() {
     item.addEventListener("click", () => openTrips(g.key));
     return item;
   }));
-  $("u-note").textContent = cells.refreshed_at ? `Figures up to ${when(cells.refreshed_at)}.` : "Not computed yet: the gateway refreshes every minute.";
+  $("u-note").textContent = cells.refreshed_at ? `Figures up to ${when(cells.refreshed_at)}.` : "Not computed yet: the gateway is deriving them (it refreshes every minute).";
+  // A gateway that just started builds everything first: look again shortly.
+  if (!cells.refreshed_at) setTimeout(() => { if (state.tab === "utilisation") loadUtilisation(); }, 3000);
   drawHeat();
 }
 
