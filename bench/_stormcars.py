@@ -152,6 +152,7 @@ class _Shared:
     stop: Any
     connected: Any
     queued: Any
+    queued_online: Any  # in connected cars: what the broker could be taking now
     acked: Any
     published: Any
     connect_failures: Any
@@ -183,6 +184,7 @@ class LeanFleet:
                     for name in (
                         "connected",
                         "queued",
+                        "queued_online",
                         "acked",
                         "published",
                         "connect_failures",
@@ -232,6 +234,11 @@ class LeanFleet:
     @property
     def queued(self) -> int:
         return self._sum("queued")
+
+    @property
+    def queued_online(self) -> int:
+        """Samples queued (or in flight) in connected cars."""
+        return self._sum("queued_online")
 
     @property
     def acked(self) -> int:
@@ -357,6 +364,9 @@ class _Worker:
             if now >= next_stats:
                 shared.connected.value = self.connected
                 shared.queued.value = self.queued
+                shared.queued_online.value = sum(
+                    len(self.cars[i].queue) + len(self.cars[i].inflight) for i in self.draining
+                )
                 self._write_ledger()
                 next_stats = now + 0.2
         self._write_ledger()

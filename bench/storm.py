@@ -51,7 +51,7 @@ import psutil
 import psycopg
 
 from bench._fleet import FleetOptions, FleetProcess
-from bench._harness import bench_seconds, finish, storage_flag, table, work_dir
+from bench._harness import bench_seconds, finish, stop_on_sigterm, storage_flag, table, work_dir
 from bench._instances import GatewayInstance, metric_sum
 from bench._ledger import LedgerCheck, duplicates_anywhere
 from bench._measure import latency
@@ -65,7 +65,7 @@ from gateway.logconfig import configure_logging
 __all__ = ["main"]
 
 _MOSQUITTO_OWN_FILES = 6  # listener, epoll, log, stdio: measured on Mosquitto 2.0.11
-_TICK_S = 1.0
+_STALL_S = 120.0  # a wait for connections ends when no car connected for this long
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--settle", type=float, default=30.0, help="seconds of live traffic before [30]"
     )
-    parser.add_argument("--connect-rate", type=float, default=500.0, help="cars/s at start")
+    parser.add_argument("--connect-rate", type=float, default=250.0, help="cars/s at start")
     parser.add_argument("--driving-interval", type=float, default=10.0, help="s between samples")
     parser.add_argument("--parked-interval", type=float, default=60.0, help="s between samples")
     parser.add_argument("--driving-share", type=float, default=0.2, help="share driving [0.2]")
@@ -199,8 +199,9 @@ class Cars(Protocol):
     def start(self) -> None: ...
     def check(self) -> None: ...
     def pids(self) -> list[int]: ...
-    def status(self) -> tuple[int, int, float] | None:
-        """(connected, samples queued in the cars, wall time of the figures), once known."""
+    def status(self) -> tuple[int, int, int, float] | None:
+        """(connected, samples queued in all cars, those in connected cars, wall time of the
+        figures), once known."""
 
     def stop(self) -> dict[str, Any]: ...
     @property
@@ -222,8 +223,9 @@ class LeanCars:
     def pids(self) -> list[int]:
         return self.fleet.pids()
 
-    def status(self) -> tuple[int, int, float] | None:
-        return self.fleet.connected, self.fleet.queued, time.time()
+    def status(self) -> tuple[int, int, int, float] | None:
+        fleet = self.fleet
+        return fleet.connected, fleet.queued, fleet.queued_online, time.time()
 
     def stop(self) -> dict[str, Any]:
         figures = {
@@ -254,11 +256,11 @@ class SimCars:
     def pids(self) -> list[int]:
         return [process.pid for process in self.fleet.processes()]
 
-    def status(self) -> tuple[int, int, float] | None:
+    def status(self) -> tuple[int, int, int, float] | None:
         progress = self.fleet.progress
         if progress is None:
             return None
-        return progress.connected, progress.queued, progress.seen_wall
+        return progress.connected, progress.queued, progress.queued, progress.seen_wall
 
     def stop(self) -> dict[str, Any]:
         return self.fleet.stop(timeout_s=180)
@@ -401,14 +403,19 @@ class Storm:
         """Until `until` (wall) or, with `target`, until that many cars are connected; print
         progress; return the most cars seen connected."""
         best, since, next_line = 0, time.time(), 0.0
+        grew_at = time.monotonic()
         while time.time() < until:
             cars.check()
             rss, pending = self.meter.sample(cars)
             status = cars.status()
-            if status is not None and (not fresh or status[2] > since):
-                connected, queued, _ = status
-                best = max(best, connected)
+            if status is not None and (not fresh or status[3] > since):
+                connected, queued, _, _ = status
+                if connected > best:
+                    best, grew_at = connected, time.monotonic()
                 if target is not None and connected >= target:
+                    break
+                if target is not None and best and time.monotonic() - grew_at > _STALL_S:
+                    say(f"  {label}: no more cars connected for {_STALL_S:.0f} s")
                     break
                 if time.monotonic() >= next_line:
                     say(
@@ -429,14 +436,16 @@ class Storm:
             cars.check()
             rss, pending = self.meter.sample(cars)
             status = cars.status()
-            if status is not None and status[2] > since + 1:
-                connected, queued, _ = status
-                if queued <= slack:
+            if status is not None and status[3] > since + 1:
+                connected, queued, queued_online, _ = status
+                # Cars that cannot connect (the file limit) keep theirs: not this run's drain.
+                if queued_online <= slack:
                     return True
                 if time.monotonic() >= next_line:
                     say(
-                        f"  draining: connected {connected:,}, queued {queued:,}, gateway RSS "
-                        f"{rss:.0f} MB, pending {pending:,.0f}"
+                        f"  draining: connected {connected:,}, queued {queued:,} "
+                        f"({queued_online:,} in connected cars), gateway RSS {rss:.0f} MB, "
+                        f"pending {pending:,.0f}"
                     )
                     next_line = time.monotonic() + 10
             time.sleep(0.5)
@@ -503,6 +512,7 @@ def _wait_first_progress(fleet: FleetProcess, timeout_s: float = 600.0) -> float
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     configure_logging("WARNING", json=False)
+    stop_on_sigterm()
     started = time.monotonic()
     with work_dir(options.work_dir, options.keep, "tgw-storm-") as work:
         say(f"work dir {work}; starting broker and database ...")
