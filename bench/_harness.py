@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bench._phases import say
 
-__all__ = ["bench_seconds", "finish", "storage_flag", "table", "work_dir"]
+__all__ = ["bench_seconds", "finish", "stop_on_sigterm", "storage_flag", "table", "work_dir"]
 
 
 def bench_seconds(default: float, minimum: float = 5.0) -> float:
@@ -29,6 +31,15 @@ def bench_seconds(default: float, minimum: float = 5.0) -> float:
     if seconds < minimum:
         raise SystemExit(f"BENCH_SECONDS must be at least {minimum:g}")
     return seconds
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: the services and processes it started are stopped."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def storage_flag(storage: str) -> bool | None:

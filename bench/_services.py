@@ -102,7 +102,11 @@ class FleetServices:
             else "postgres"
         )
         asyncio.run(apply_migrations(self.dsn, storage_mode=mode))
-        self.broker = self._exit.enter_context(MosquittoBroker(self.work_dir / "mosquitto"))
+        # Generous: with 20,000 dynamic-security clients Mosquitto 2.0.11 needs about a minute
+        # to load its plugin file before it accepts connections.
+        self.broker = self._exit.enter_context(
+            MosquittoBroker(self.work_dir / "mosquitto", start_timeout_s=300.0)
+        )
 
     @property
     def timescaledb_enabled(self) -> bool:

@@ -48,7 +48,7 @@ import psutil
 
 from bench._commands import CommandProbe, CommandTally, unresolved_in_database
 from bench._fleet import FleetOptions, FleetProcess
-from bench._harness import bench_seconds, finish, storage_flag, table, work_dir
+from bench._harness import bench_seconds, finish, stop_on_sigterm, storage_flag, table, work_dir
 from bench._instances import GatewayInstance, InstanceCounters
 from bench._ledger import LedgerCheck, duplicates_anywhere
 from bench._phases import say
@@ -612,6 +612,7 @@ def run(options: Options) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     configure_logging("WARNING", json=False)
+    stop_on_sigterm()
     started = time.monotonic()
     figures = run(options)
     figures["wall_seconds"] = round(time.monotonic() - started)

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 
 from bench._gateway import GatewayProcess
-from bench._harness import bench_seconds, finish, table, work_dir
+from bench._harness import bench_seconds, finish, stop_on_sigterm, table, work_dir
 from bench._measure import committed_between, integrity, latency
 from bench._phases import Load, Meters, drain, drive, postgres_pids, say, tree
 from bench._stack import BenchStack
@@ -255,6 +255,7 @@ class Soak:
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     configure_logging("WARNING", json=False)
+    stop_on_sigterm()
     started = time.monotonic()
     with work_dir(options.work_dir, options.keep, "tgw-soak-") as work:
         say(f"work dir {work}; starting broker and database ({options.cars:,} cars) ...")
