@@ -162,3 +162,32 @@ def test_track_downsampling_keeps_both_ends() -> None:
     assert len(short) == 11
     assert (short[0], short[-1]) == (points[0], points[-1])
     assert short[5] == points[50]
+
+
+def test_a_range_splits_into_whole_days_and_end_hours() -> None:
+    from gateway.insights.store import _split_days  # noqa: PLC0415  # private helper
+
+    day = datetime(2025, 3, 3, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    now = day + timedelta(days=10)
+    # Inside one day: every hour from the hourly table.
+    inside = _split_days(day + 2 * hour, day + 5 * hour, now)
+    assert inside["day_lo"] == inside["day_hi"]
+    assert (inside["h1_lo"], inside["h1_hi"]) == (day + 2 * hour, day + 5 * hour)
+    assert inside["h2_lo"] == inside["h2_hi"]
+    # Across days: the whole days in the middle, the hours at the ends.
+    across = _split_days(day + 20 * hour, day + timedelta(days=3, hours=4), now)
+    assert (across["day_lo"], across["day_hi"]) == (
+        day + timedelta(days=1),
+        day + timedelta(days=3),
+    )
+    assert (across["h1_lo"], across["h1_hi"]) == (day + 20 * hour, day + timedelta(days=1))
+    assert (across["h2_lo"], across["h2_hi"]) == (
+        day + timedelta(days=3),
+        day + timedelta(days=3, hours=4),
+    )
+    # Up to now: today comes from its daily row too (it holds the day so far).
+    live = _split_days(day, now + 3 * hour, now + 2 * hour + timedelta(minutes=30))
+    assert (live["day_lo"], live["day_hi"]) == (day, now + timedelta(days=1))
+    assert live["h1_lo"] == live["h1_hi"]
+    assert live["h2_lo"] == live["h2_hi"]
