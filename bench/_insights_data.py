@@ -74,13 +74,23 @@ def plan_fleet(
             t += gap
             if t >= t_end:
                 break
-            km = rng.uniform(1.0, 8.0)
-            bearing = rng.uniform(0, 2 * math.pi)
-            lat1 = lat + km * math.cos(bearing) / _KM_PER_DEG_LAT
-            lon1 = lon + km * math.sin(bearing) / (_KM_PER_DEG_LAT * math.cos(math.radians(lat)))
-            if not (_BOX[0] <= lat1 <= _BOX[1] and _BOX[2] <= lon1 <= _BOX[3]):
-                lat1 = lat - (lat1 - lat)  # turn back into the city
-                lon1 = lon - (lon1 - lon)
+            # A destination 1 to 8 km away inside the city (cars stay in their operating area).
+            for _ in range(20):
+                km = rng.uniform(1.0, 8.0)
+                bearing = rng.uniform(0, 2 * math.pi)
+                lat1 = lat + km * math.cos(bearing) / _KM_PER_DEG_LAT
+                lon1 = lon + km * math.sin(bearing) / (
+                    _KM_PER_DEG_LAT * math.cos(math.radians(lat))
+                )
+                if _BOX[0] <= lat1 <= _BOX[1] and _BOX[2] <= lon1 <= _BOX[3]:
+                    break
+            else:
+                lat1, lon1 = (_BOX[0] + _BOX[1]) / 2, (_BOX[2] + _BOX[3]) / 2
+                bearing = math.atan2((lon1 - lon) * math.cos(math.radians(lat)), lat1 - lat)
+                km = math.hypot(
+                    (lat1 - lat) * _KM_PER_DEG_LAT,
+                    (lon1 - lon) * _KM_PER_DEG_LAT * math.cos(math.radians(lat)),
+                )
             speed = rng.uniform(18, 40)
             duration = round(km / speed * 3600)
             used = km * (0.32 if ev else 0.14)

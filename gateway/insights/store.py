@@ -410,9 +410,9 @@ class InsightStore:
                 row["cars"] = _ratio(
                     float(row["rented_s"] or 0) + float(row["idle_s"] or 0), span_s, 2
                 )
-        result_groups = [self._group(row, group_by, days) for row in groups]
         if group_by == "car":
-            await self._idle_since(result_groups, now)
+            await self._idle_since(groups, now)
+        result_groups = [self._group(row, group_by, days) for row in groups]
         result_groups.sort(key=lambda g: (-(g.rented_share or 0.0), g.key))
         per_car = group_by == "car" or vin is not None
         cars = len(result_groups) if per_car else int(extent[0]["cars"] or 0) if extent else 0
@@ -577,12 +577,13 @@ class InsightStore:
             trips_per_car_day=_ratio(trips * 86400, rented + idle, 3),
             km=round(float(row["km"] or 0.0), 3),
             model=row.get("model") if group_by == "car" else None,
-            last_trip_end=None,
-            idle_since_s=None,
+            last_trip_end=row.get("last_trip_end"),
+            idle_since_s=row.get("idle_since_s"),
             bounds=bounds,
         )
 
-    async def _idle_since(self, groups: list[UtilisationGroup], now: datetime) -> None:
+    async def _idle_since(self, groups: list[dict[str, Any]], now: datetime) -> None:
+        """Add each car's last trip end and idle time to its group row."""
         if not groups:
             return
         rows = await self._fetch(
@@ -595,11 +596,11 @@ class InsightStore:
                 ORDER BY start_time DESC LIMIT 1
             ) lt ON true
             """,
-            [[g.key for g in groups]],
+            [[g["key"] for g in groups]],
         )
         last = {row["vin"]: row for row in rows}
-        for index, group in enumerate(groups):
-            row = last.get(group.key)
+        for group in groups:
+            row = last.get(group["key"])
             if row is None:
                 continue
             if row["start_time"] is not None and row["end_time"] is None:
@@ -607,9 +608,8 @@ class InsightStore:
             else:
                 ended = row["end_time"] or row["first_seen"]
                 since = None if ended is None else max((now - ended).total_seconds(), 0.0)
-            groups[index] = group.model_copy(
-                update={"last_trip_end": row["end_time"], "idle_since_s": since}
-            )
+            group["last_trip_end"] = row["end_time"]
+            group["idle_since_s"] = since
 
     # -- service list ------------------------------------------------------------------------
 
