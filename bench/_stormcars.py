@@ -16,8 +16,9 @@ at a few microseconds per message:
   `batch` samples (at most `window` in flight, `drain_msgs_per_s` per car) while its live
   samples keep going out as they are taken;
 - the ledger: a sample's (vin, boot id, seq) is written once the broker acknowledges the message
-  carrying it (PUBACK 0x00); a PUBACK with "no matching subscribers" (0x10) puts the samples
-  back in the queue, as protocol v1 asks of a car.
+  carrying it (PUBACK 0x00), and also to the live ledger if it went out as it was taken; a
+  PUBACK with "no matching subscribers" (0x10) puts the samples back in the queue, as
+  protocol v1 asks of a car.
 
 The samples are valid protocol v1 telemetry (`check_sample` validates one).
 """
@@ -118,8 +119,8 @@ class LeanFleetOptions:
 class _Car:
     __slots__ = (
         "account", "backoff", "boot_id", "buffer", "connack_by", "connected", "driving",
-        "index", "inflight", "interval", "last_drain", "next_id", "out", "queue", "retry_at",
-        "seq", "sock", "topic", "vin",
+        "index", "inflight", "interval", "last_drain", "live_ids", "next_id", "out", "queue",
+        "retry_at", "seq", "sock", "topic", "vin",
     )  # fmt: skip
 
     def __init__(
@@ -135,6 +136,7 @@ class _Car:
         self.seq = 0
         self.queue: deque[tuple[int, int, str]] = deque()  # (seq, ts, sample json)
         self.inflight: dict[int, list[tuple[int, int, str]]] = {}
+        self.live_ids: set[int] = set()  # packet ids of samples sent live (not from the queue)
         self.next_id = 1
         self.sock: socket.socket | None = None
         self.connected = False
@@ -173,6 +175,8 @@ class LeanFleet:
         self.cars = len(accounts)
         ledger_dir.mkdir(parents=True, exist_ok=True)
         self.ledgers = [ledger_dir / f"lean-ledger.p{i}" for i in range(processes)]
+        # The ledger lines of the samples sent live (as taken), not from a car's queue.
+        self.live_ledgers = [ledger_dir / f"lean-live.p{i}" for i in range(processes)]
         self._offline = mp.Value("b", 0, lock=False)
         self._stop = mp.Event()
         self._shared = [
@@ -269,10 +273,13 @@ class _Worker:
         cars: list[_Car],
         options: LeanFleetOptions,
         shared: _Shared,
+        *,
         ledger: Any,
+        live: Any,
         connect_rate: float,
     ) -> None:
         self.cars = cars
+        self.live = live
         self.options = options
         self.shared = shared
         self.ledger = ledger
@@ -292,6 +299,7 @@ class _Worker:
         self.next_connect_check = now
         self.next_ping = now + _KEEPALIVE_S / 2
         self.lines: list[str] = []
+        self.live_lines: list[str] = []  # the same, for samples sent live
 
     # -- connections ----------------------------------------------------------------------
 
@@ -329,6 +337,7 @@ class _Worker:
             car.connected = False
             self.connected -= 1
         self.draining.discard(car.index)
+        car.live_ids.clear()
         for packet_id in sorted(car.inflight, reverse=True):
             samples = car.inflight.pop(packet_id)
             car.queue.extendleft(reversed(samples))
@@ -393,7 +402,7 @@ class _Worker:
             car.seq += 1
             sample = (car.seq, ts, _sample(car.seq, ts, car.driving))
             if car.connected:
-                self._send(car, [sample], now)  # live, one per message, beside any backlog
+                self._send(car, [sample], now, live=True)  # one per message, beside any backlog
             else:
                 car.queue.append(sample)
                 self.queued += 1
@@ -425,10 +434,14 @@ class _Worker:
             self.queued -= len(batch)
             self._send(car, batch, now)
 
-    def _send(self, car: _Car, samples: list[tuple[int, int, str]], now: float) -> None:
+    def _send(
+        self, car: _Car, samples: list[tuple[int, int, str]], now: float, *, live: bool = False
+    ) -> None:
         packet_id = car.next_id
         car.next_id = car.next_id % 65535 + 1
         car.inflight[packet_id] = samples
+        if live:
+            car.live_ids.add(packet_id)
         payload = _message(car.vin, car.boot_id, [s[2] for s in samples])
         car.out += _publish(car.topic, packet_id, payload)
         self.shared.published.value += 1
@@ -515,10 +528,13 @@ class _Worker:
             if car.queue:
                 self.draining.add(index)
         elif kind == 0x40:  # PUBACK
-            samples = car.inflight.pop(int.from_bytes(body[:2], "big"), None)
+            packet_id = int.from_bytes(body[:2], "big")
+            samples = car.inflight.pop(packet_id, None)
             reason = body[2] if len(body) >= 3 else 0
             if samples is None:
                 return True
+            live = packet_id in car.live_ids
+            car.live_ids.discard(packet_id)
             if reason == 0x10:  # nobody subscribed: keep them, as protocol v1 says
                 self.shared.no_subscriber.value += 1
                 car.queue.extendleft(reversed(samples))
@@ -528,6 +544,8 @@ class _Worker:
                 self.shared.acked.value += len(samples)
                 vin, boot = car.vin, car.boot_id
                 self.lines += [f"{vin},{boot},{seq},s,{ts}\n" for seq, ts, _ in samples]
+                if live:
+                    self.live_lines += [f"{vin},{boot},{seq},s,{ts}\n" for seq, ts, _ in samples]
         elif kind == 0xE0:  # DISCONNECT from the broker
             self._drop(car)
             self._failed(car, now)
@@ -540,6 +558,10 @@ class _Worker:
             self.ledger.write("".join(self.lines))
             self.ledger.flush()
             self.lines.clear()
+        if self.live_lines:
+            self.live.write("".join(self.live_lines))
+            self.live.flush()
+            self.live_lines.clear()
 
 
 def _run(
@@ -553,7 +575,8 @@ def _run(
 ) -> None:
     rng = random.Random(f"{options.seed}:{part}")  # simulation
     cars = [_Car(i, account, rng, options) for i, account in enumerate(accounts)]
-    with ledger_path.open("w", encoding="ascii") as ledger:
-        worker = _Worker(cars, options, shared, ledger, connect_rate)
+    live_path = ledger_path.with_name(ledger_path.name.replace("ledger", "live"))
+    with ledger_path.open("w", encoding="ascii") as ledger, live_path.open("w") as live:
+        worker = _Worker(cars, options, shared, ledger=ledger, live=live, connect_rate=connect_rate)
         worker.run()
     os._exit(0)  # sockets are closed; skip the interpreter's slow teardown of 10,000 objects

@@ -24,8 +24,9 @@ so 20,000 of them do not fit here beside broker, gateway and database).
 Figures, from the database's commit timestamps (track_commit_timestamp):
 - reconnect_s: from the end of the outage until every car connected before is connected again;
 - drain_s: from the end of the outage until the last backlog sample committed;
-- live_p50_ms / live_p99_ms: publish-to-commit latency of the samples taken once every car was
-  connected again, up to the end of the drain (at least 10 s of them): live data during it;
+- live_p50_ms / live_p99_ms: publish-to-commit latency of the samples that connected cars sent
+  as they took them, from the end of the outage to the end of the drain (lean cars record
+  which; for device_sim, the samples taken once every car was back, at least 10 s of them);
 - gateway_rss_mb_max: the gateway's largest RSS, with its value before the storm;
 - published / stored / lost / duplicated: the cars' ledger against the database.
 
@@ -54,7 +55,7 @@ from bench._fleet import FleetOptions, FleetProcess
 from bench._harness import bench_seconds, finish, stop_on_sigterm, storage_flag, table, work_dir
 from bench._instances import GatewayInstance, metric_sum
 from bench._ledger import LedgerCheck, duplicates_anywhere
-from bench._measure import latency
+from bench._measure import LatencyReport, latency
 from bench._phases import say
 from bench._services import FleetServices
 from bench._stormcars import LeanFleet, LeanFleetOptions, check_sample
@@ -161,6 +162,36 @@ def last_commit_of(dsn: str, start_s: float, end_s: float) -> tuple[int, float |
     return int(row[0]), None if row[1] is None else float(row[1])
 
 
+def live_latency(dsn: str, files: list[Path], start_s: float, end_s: float) -> LatencyReport:
+    """Publish-to-commit latency of the samples in the live ledger `files` taken in
+    [start, end)."""
+    query = """
+        WITH lag AS (
+            SELECT extract(epoch FROM pg_xact_commit_timestamp(t.xmin) - t.time) * 1000 AS ms
+            FROM live l JOIN telemetry t
+              ON t.vin = l.vin AND t.boot_id = l.boot_id AND t.seq = l.seq
+             AND t.time = timestamptz 'epoch' + l.ts * interval '1 millisecond'
+            WHERE l.ts >= %s AND l.ts < %s
+        )
+        SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
+        FROM lag
+    """
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TEMPORARY TABLE live (vin text, boot_id text, seq bigint, "
+                     "kind text, ts bigint)")  # fmt: skip
+        with conn.cursor().copy("COPY live FROM STDIN (FORMAT csv)") as copy:
+            for path in files:
+                if path.exists():
+                    copy.write(path.read_bytes())
+        row = conn.execute(query, (int(start_s * 1000), int(end_s * 1000))).fetchone()
+    assert row is not None
+    count, p50, p99, worst = row
+    if not count:
+        return LatencyReport(0, float("nan"), float("nan"), float("nan"))
+    return LatencyReport(int(count), float(p50), float(p99), float(worst))
+
+
 class Meter:
     """The gateway's and the broker's memory, and the gateway's pending messages, over time."""
 
@@ -206,6 +237,9 @@ class Cars(Protocol):
     def stop(self) -> dict[str, Any]: ...
     @property
     def ledgers(self) -> list[Path]: ...
+    @property
+    def live_ledgers(self) -> list[Path]:
+        """Ledger lines of the samples sent as they were taken (empty: not recorded)."""
 
 
 class LeanCars:
@@ -240,6 +274,10 @@ class LeanCars:
     def ledgers(self) -> list[Path]:
         return self.fleet.ledgers
 
+    @property
+    def live_ledgers(self) -> list[Path]:
+        return self.fleet.live_ledgers
+
 
 class SimCars:
     """`tgw sim fleet` with its dead zone: the storm's timing is the fleet's own clock."""
@@ -269,6 +307,10 @@ class SimCars:
     def ledgers(self) -> list[Path]:
         assert self.fleet.options.ledger is not None
         return [self.fleet.options.ledger]
+
+    @property
+    def live_ledgers(self) -> list[Path]:
+        return []
 
 
 @dataclass
@@ -458,11 +500,16 @@ class Storm:
             counted, _ = ledger.wait_stored(timeout_s=300)
         backlog_rows, last_backlog_commit = last_commit_of(dsn, line.off_at, line.back_at)
         drain_s = (last_backlog_commit - line.back_at) if last_backlog_commit else None
-        # Live: samples taken once every car was back (earlier ones waited in a car's queue
-        # while it reconnected: backlog too), until the drain ended (at least 10 s of them).
-        live_from = line.back_at + line.reconnect_s
-        live_to = max(last_backlog_commit or line.drained_at, live_from + 10)
-        live = latency(dsn, live_from, live_to)
+        drain_end = max(last_backlog_commit or line.drained_at, line.back_at + 10)
+        if cars.live_ledgers:
+            # Live: the samples connected cars sent as they took them while the others were
+            # still reconnecting and the backlog drained.
+            live = live_latency(dsn, cars.live_ledgers, line.back_at, drain_end)
+        else:
+            # No record of which were sent live: samples taken once every car was back
+            # (earlier ones waited in a queue while their car reconnected), at least 10 s.
+            live_from = line.back_at + line.reconnect_s
+            live = latency(dsn, live_from, max(drain_end, live_from + 10))
         meter = self.meter
         return {
             "simulator": options.simulator,
