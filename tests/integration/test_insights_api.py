@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from gateway.insights import cell_of
 from tests.integration.command_support import api, command_gateway_settings, make_keys, make_token
 from tests.integration.fleet_support import wait_http
 from tests.integration.ingest_support import running_gateway
-from tests.integration.insights_support import T0, ScriptedCar, store
+from tests.integration.insights_support import T0, ScriptedCar, simulate_fleet, store
 from tests.integration.test_insights_figures import CENTRE, small_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -228,3 +228,63 @@ async def test_utilisation_service_wear_and_roles(
                 assert response.status_code == 401, path
                 assert response.headers["www-authenticate"].startswith("Bearer")
             assert (await anonymous.post("/v1/insights/refresh")).status_code == 401
+
+
+async def _refresh_now(client: httpx.AsyncClient) -> dict[str, Any]:
+    """POST a refresh until it is not skipped (the task's own turn may be running)."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = await client.post("/v1/insights/refresh")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        if not result["skipped"] or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.2)
+
+
+async def test_trips_survive_gateway_restarts_with_data_in_between(
+    private_broker: MosquittoBroker, migrated_database: str, tmp_path: Path
+) -> None:
+    """The gateway's own refresher task: data arrives while it runs and while it is down."""
+    dsn = migrated_database
+    fleet = await asyncio.to_thread(simulate_fleet, 4, 6, seed=17)
+    half = T0 + timedelta(hours=3)
+    first = [s for s in fleet.samples if s.time < half]
+    second = [s for s in fleet.samples if s.time >= half]
+    settings = command_gateway_settings(private_broker, dsn, make_keys(tmp_path / "keys"))
+    admin = await make_token(dsn, "t-admin", Role.ADMIN)
+    await store(dsn, first, models=fleet.models, received_at=datetime.now(UTC))
+    async with running_gateway(settings), api(settings, admin) as client:
+        await wait_http(settings)
+        await _trips_derived(client, sorted(fleet.models)[0])
+        # More data while it runs: an on-demand refresh takes it in.
+        await store(dsn, second[: len(second) // 2], received_at=datetime.now(UTC))
+        await _refresh_now(client)
+    # The rest arrives while the gateway is down; the restarted one picks it up.
+    await store(dsn, second[len(second) // 2 :], received_at=datetime.now(UTC))
+    async with running_gateway(settings), api(settings, admin) as client:
+        await wait_http(settings)
+        refreshed = await _refresh_now(client)
+        assert refreshed["rebuild"] is False
+        everything = (
+            await client.get(
+                "/v1/trips",
+                params={
+                    "from": (T0 - timedelta(hours=1)).isoformat(),
+                    "to": (T0 + timedelta(hours=8)).isoformat(),
+                    "limit": 500,
+                },
+            )
+        ).json()["items"]
+    derived = sorted((t["vin"], t["start_time"]) for t in everything)
+    assert len(derived) == len(set(derived)) == len(fleet.trips)
+    for trip in everything:
+        true = min(
+            (t for t in fleet.trips if t.vin == trip["vin"]),
+            key=lambda t: abs(
+                (t.start - datetime.fromisoformat(trip["start_time"])).total_seconds()
+            ),
+        )
+        assert abs((true.start - datetime.fromisoformat(trip["start_time"])).total_seconds()) <= 1
+        if true.end is not None:
+            assert trip["distance_km"] == pytest.approx(true.km, rel=0.01, abs=0.005)
