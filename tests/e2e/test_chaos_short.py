@@ -26,7 +26,6 @@ CARS = "200"
 TIMEOUT_S = 600
 
 
-
 def _run_suite(storage: StorageMode, work: Path) -> dict[str, Any]:
     log = work / "chaos.out"
     work.mkdir(parents=True, exist_ok=True)
