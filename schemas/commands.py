@@ -119,9 +119,7 @@ class CommandMessage(ProtocolModel):
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at: a command expires after it is issued")
         if self.expires_at - self.issued_at > MAX_COMMAND_TTL_MS:
-            raise ValueError(
-                f"expires_at: a command lives at most {MAX_COMMAND_TTL_MS // 1000} s"
-            )
+            raise ValueError(f"expires_at: a command lives at most {MAX_COMMAND_TTL_MS // 1000} s")
         return self
 
     def signing_bytes(self) -> bytes:
