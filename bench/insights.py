@@ -194,8 +194,10 @@ def run(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
 
         say("deriving everything from scratch")
         full_s, full = asyncio.run(_refresh(dsn, mode, "rebuild"))
-        say(f"  {full.trips_written:,} trips, {full.utilisation_rows:,} utilisation rows "
-            f"in {full_s:.1f} s")
+        say(
+            f"  {full.trips_written:,} trips, {full.utilisation_rows:,} utilisation rows "
+            f"in {full_s:.1f} s"
+        )
 
         with psycopg.connect(dsn) as conn:
             hour_rows = write_span(
@@ -211,8 +213,10 @@ def run(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             write_latest_state(conn)
         say(f"the last hour arrives: {hour_rows:,} rows; one incremental refresh")
         hour_s, hour = asyncio.run(_refresh(dsn, mode, "refresh"))
-        say(f"  {hour.cars} cars re-derived, {hour.trips_written} trips written, "
-            f"{hour.utilisation_rows} utilisation rows in {hour_s:.2f} s")
+        say(
+            f"  {hour.cars} cars re-derived, {hour.trips_written} trips written, "
+            f"{hour.utilisation_rows} utilisation rows in {hour_s:.2f} s"
+        )
         with psycopg.connect(dsn) as conn:
             trips = conn.execute("SELECT count(*) FROM trips").fetchone()
             planned = sum(1 for t in plan.trips if float(t[1]) < now.timestamp())  # type: ignore[arg-type]
@@ -292,9 +296,7 @@ def main() -> None:
     )
     parser.add_argument("--parked-interval", type=int, default=300)
     parser.add_argument("--requests", type=int, default=100, help="per API call")
-    parser.add_argument(
-        "--storage", choices=("auto", "timescaledb", "postgres"), default="auto"
-    )
+    parser.add_argument("--storage", choices=("auto", "timescaledb", "postgres"), default="auto")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (the database)")
