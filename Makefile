@@ -26,7 +26,7 @@ if [ $$rc -ne 0 ]; then echo "make: !! pytest, $(1): FAILED (exit $$rc)" >&2; ex
 echo "make: -- pytest, $(1): passed in $$((SECONDS - t)) s"
 endef
 
-.PHONY: help setup lint test demo bench-ingest bench-commands bench-console chaos bench-storm soak
+.PHONY: help setup lint test demo bench-ingest bench-commands bench-fleet bench-insights bench-console chaos bench-storm soak
 
 help:
 	@echo "make test          set up what is missing, then ruff, mypy, pytest (TimescaleDB, then plain PostgreSQL)"
@@ -38,6 +38,9 @@ help:
 	@echo "make bench-storm   set up, then 20,000 cars reconnecting with backlogs at once"
 	@echo "make soak          set up, then 30 minutes at half the maximum rate (BENCH_SECONDS)"
 	@echo "make bench-commands  set up, then the commands benchmark (lock/unlock latency, rate)"
+	@echo "make bench-fleet   set up, then the simulated fleet benchmark (10,000 cars: connect time, CPU, memory)"
+	@echo "make bench-insights  set up, then the insights benchmark (30 days of 2,000 cars: trips, rollups, API p95)"
+	@echo "make bench-console set up, then the console at 10,000 cars (frame times in headless Chromium)"
 
 setup:
 	@bash scripts/setup.sh
@@ -70,6 +73,12 @@ bench-ingest: setup
 
 bench-commands: setup
 	$(BIN)/python -m bench.commands $(BENCH_ARGS)
+
+bench-fleet: setup
+	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
+
+bench-insights: setup
+	$(BIN)/python -m bench.insights $(BENCH_ARGS)
 
 chaos: setup
 	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
