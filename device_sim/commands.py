@@ -4,7 +4,9 @@ The checks, in order (the first that fails is the reason):
   1. malformed           the payload is not a valid CommandMessage
   2. bad_signature       the `CommandVerifier` refuses it
   3. wrong_vehicle       it names another VIN
-  4. replay              its command id or nonce was taken before (remembered on disk)
+  4. replay              its command id or nonce was taken before (remembered on disk);
+                         the unit answers a command id it has seen with the results it
+                         sent for it (a QoS 1 redelivery), and `replay` only a reused nonce
   5. expired             expires_at has passed on the car's clock
   6. unsupported         the car's profile cannot do the action
   7. busy                another command is executing

@@ -10,7 +10,8 @@ Writes are batched and group-committed every `commit_interval_s` (WAL,
 synchronous=NORMAL): a power cut loses at most that window of rows that were not yet
 acknowledged either. A row acknowledged within that window is never written at all,
 which is what keeps thousands of connected cars cheap. The ids of executed commands are
-committed at once, before the command runs.
+committed at once, before the command runs; the results the car sent for each are kept
+beside them, so that a redelivered command is answered with the same results again.
 
 When a car's queue is full the oldest rows are dropped; the count and the time of the
 oldest dropped row are kept (persistently) until the car reports them in a
@@ -63,6 +64,13 @@ CREATE TABLE IF NOT EXISTS seen_commands (
     PRIMARY KEY (vin, command_id)
 );
 CREATE INDEX IF NOT EXISTS seen_commands_nonce ON seen_commands (vin, nonce);
+CREATE TABLE IF NOT EXISTS command_results (
+    vin        TEXT    NOT NULL,
+    command_id TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    body       TEXT    NOT NULL,
+    PRIMARY KEY (vin, command_id, position)
+);
 """
 
 
@@ -423,8 +431,35 @@ class VehicleOutbox:
         )
         store.commit()
 
+    def remember_result(self, command_id: str, body: str) -> None:
+        """Keep a result sent for a remembered command (a redelivery is answered with it)."""
+        store = self._store
+        store._write(
+            "INSERT INTO command_results (vin, command_id, position, body) VALUES (?, ?, "
+            "(SELECT COUNT(*) FROM command_results WHERE vin = ? AND command_id = ?), ?)",
+            (self.vin, command_id, self.vin, command_id, body),
+        )
+
+    def command_results(self, command_id: str) -> list[str] | None:
+        """The results sent for a remembered command, in order; None if the id is unknown."""
+        store = self._store
+        if not store._read(
+            "SELECT 1 FROM seen_commands WHERE vin = ? AND command_id = ?", (self.vin, command_id)
+        ):
+            return None
+        rows = store._read(
+            "SELECT body FROM command_results WHERE vin = ? AND command_id = ? ORDER BY position",
+            (self.vin, command_id),
+        )
+        return [str(row[0]) for row in rows]
+
     def forget_commands_expired_before(self, ts: int) -> int:
         """Drop memory of commands that expired before `ts` (a car refuses those anyway)."""
+        self._store._write(
+            "DELETE FROM command_results WHERE vin = ? AND command_id IN "
+            "(SELECT command_id FROM seen_commands WHERE vin = ? AND expires_at < ?)",
+            (self.vin, self.vin, ts),
+        )
         cursor = self._store._write(
             "DELETE FROM seen_commands WHERE vin = ? AND expires_at < ?", (self.vin, ts)
         )

@@ -97,6 +97,16 @@ _RETRY_MAX_S = 30.0
 _MAX_CORRELATION_BYTES = 256
 # Executed command ids are kept a week past their deadline (clock corrections included).
 _COMMAND_MEMORY_MS = 7 * 24 * 3600 * 1000
+# Rejections that are final for a command the car identified: a redelivery gets them again.
+_REMEMBERED_REJECTIONS = frozenset(
+    {
+        CommandReason.EXPIRED,
+        CommandReason.REPLAY,
+        CommandReason.UNSUPPORTED,
+        CommandReason.BUSY,
+        CommandReason.PRECONDITION_FAILED,
+    }
+)
 
 
 def compose_telemetry(vin: str, boot_id: str, sample_bodies: list[str]) -> str:
@@ -156,6 +166,7 @@ class UnitCounters:
     commands_executed: int = 0
     commands_failed: int = 0
     commands_unanswerable: int = 0
+    commands_repeated: int = 0  # seen before (QoS 1 redelivery): earlier results sent again
     publish_refused: int = 0  # the broker answered PUBACK with an error (e.g. not authorised)
     no_subscriber_retries: int = 0  # PUBACK "no matching subscribers": kept and sent again
     duplicates_sent: int = 0
@@ -793,10 +804,22 @@ class TelematicsUnit:
             command, now_ms=self._clock.now_ms(), busy=self._busy, values=self.tracker.values
         )
         if rejection is not None:
+            if rejection.reason is CommandReason.REPLAY and self._repeat_results(
+                command, topic, correlation
+            ):
+                log.info("command_redelivered")
+                return
             counters.commands_rejected += 1
             log.info("command_rejected", reason=rejection.reason.value)
+            # A redelivery of this command must get the same answer: remember it (no action).
+            remember = rejection.reason in _REMEMBERED_REJECTIONS and self._remember(command, log)
             self._reply(
-                command.command_id, CommandOutcome.REJECTED, topic, correlation, rejection=rejection
+                command.command_id,
+                CommandOutcome.REJECTED,
+                topic,
+                correlation,
+                rejection=rejection,
+                remember=remember,
             )
             return
         try:
@@ -814,7 +837,9 @@ class TelematicsUnit:
             return
         self._busy = True
         try:
-            self._reply(command.command_id, CommandOutcome.ACCEPTED, topic, correlation)
+            self._reply(
+                command.command_id, CommandOutcome.ACCEPTED, topic, correlation, remember=True
+            )
             await self._execute(command, topic, correlation, log)
         finally:
             self._busy = False
@@ -836,6 +861,7 @@ class TelematicsUnit:
                 topic,
                 correlation,
                 state=self.tracker.snapshot(),
+                remember=True,
             )
         else:
             self.counters.commands_failed += 1
@@ -847,7 +873,41 @@ class TelematicsUnit:
                 correlation,
                 failure=(result.reason, result.detail),
                 state=self.tracker.snapshot(),
+                remember=True,
             )
+
+    def _repeat_results(
+        self, command: CommandMessage, topic: str, correlation: bytes | None
+    ) -> bool:
+        """A command id seen before (a QoS 1 redelivery, or a replay of a handled command):
+        publish again the results sent for it, execute nothing. False if the id is new (its
+        nonce was another command's) or nothing was kept for it: then it is a `replay`."""
+        try:
+            earlier = self._outbox.command_results(str(command.command_id))
+        except OutboxError as exc:
+            self._log.warning("command_memory_unreadable", error=str(exc))
+            return False
+        if not earlier:
+            return False
+        self.counters.commands_repeated += 1
+        for body in earlier:
+            self._append(
+                OutboxKind.RESULT,
+                seq=None,
+                ts=self._clock.now_ms(),
+                body=body,
+                topic=topic,
+                correlation=correlation,
+            )
+        return True
+
+    def _remember(self, command: CommandMessage, log: Any) -> bool:
+        try:
+            self._gate.take(command)
+        except OutboxError as exc:
+            log.warning("command_memory_failed", error=str(exc))
+            return False
+        return True
 
     def _result_topic(self, response_topic: str | None) -> str:
         """The command's MQTT 5 response topic if it is this car's results topic, else that topic.
@@ -881,6 +941,7 @@ class TelematicsUnit:
         rejection: Rejection | None = None,
         failure: tuple[CommandReason, str | None] | None = None,
         state: Any = None,
+        remember: bool = False,
     ) -> None:
         reason: CommandReason | None = None
         detail: str | None = None
@@ -905,11 +966,17 @@ class TelematicsUnit:
             detail=detail,
             state=state,
         )
+        body = result.model_dump_json(exclude_none=True)
+        if remember:
+            try:
+                self._outbox.remember_result(str(command_id), body)
+            except OutboxError as exc:
+                self._log.warning("command_result_not_remembered", error=str(exc))
         self._append(
             OutboxKind.RESULT,
             seq=None,
             ts=now_ms,
-            body=result.model_dump_json(exclude_none=True),
+            body=body,
             topic=topic,
             correlation=correlation,
         )

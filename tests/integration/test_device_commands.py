@@ -100,23 +100,83 @@ async def test_expired_and_replayed_commands_are_rejected(
     expired = await gateway.command(car.vin, "unlock", issued_at=long_ago, ttl_ms=30_000)
     assert await _final(gateway, car, expired) == [CommandOutcome.REJECTED]
     assert gateway.results(car.vin, expired)[0].reason is CommandReason.EXPIRED
-    assert car.state.locked is True
 
     unlock = await gateway.command(car.vin, "unlock", nonce="ab" * 16)
     assert await _final(gateway, car, unlock) == [CommandOutcome.ACCEPTED, CommandOutcome.EXECUTED]
-    # The same command again (a replay of the captured message): refused, not run twice.
+    # A new command id that reuses the nonce is a replay: refused, not run.
     car.state.locked = True
     car.ecus.send_changed()
     requests = car.ecus.requests_seen
-    await gateway.command(car.vin, "unlock", command_id=unlock, nonce="ab" * 16)
-    await wait_until(lambda: len(gateway.results(car.vin, unlock)) >= 3, what="replay answer")
-    assert gateway.results(car.vin, unlock)[-1].reason is CommandReason.REPLAY
-    # A new command id that reuses the nonce is a replay too.
     reused = await gateway.command(car.vin, "unlock", nonce="ab" * 16)
     assert await _final(gateway, car, reused) == [CommandOutcome.REJECTED]
     assert gateway.results(car.vin, reused)[0].reason is CommandReason.REPLAY
     assert car.ecus.requests_seen == requests
     assert car.state.locked is True
+
+
+async def test_a_redelivered_command_gets_its_results_again_and_does_not_run_twice(
+    gateway: GatewayProbe, car: CarRig
+) -> None:
+    unlock = await gateway.command(car.vin, "unlock", nonce="cd" * 16, correlation=b"first")
+    assert await _final(gateway, car, unlock) == [CommandOutcome.ACCEPTED, CommandOutcome.EXECUTED]
+    first = gateway.results(car.vin, unlock)
+    car.state.locked = True
+    car.ecus.send_changed()
+    await wait_until(lambda: car.unit.tracker.values.get("locked") is True, what="locked again")
+    requests = car.ecus.requests_seen
+    # The same command again (a QoS 1 redelivery): protocol 9.4 step 4, the earlier results
+    # are published again, with the correlation data of the message that asked.
+    await gateway.command(
+        car.vin, "unlock", command_id=unlock, nonce="cd" * 16, correlation=b"again"
+    )
+    await wait_until(lambda: len(gateway.results(car.vin, unlock)) >= 4, what="repeated results")
+    again = gateway.results(car.vin, unlock)[2:]
+    assert [r.model_dump() for r in again] == [r.model_dump() for r in first]
+    assert gateway.correlations[str(unlock)] == b"again"
+    assert car.ecus.requests_seen == requests  # nothing written to the bus
+    assert car.state.locked is True
+    assert car.unit.counters.commands_repeated == 1
+
+    # A rejection is final too: a redelivered rejected command is answered the same way.
+    late = await gateway.command(
+        car.vin, "lock", issued_at=time.time_ns() // 1_000_000 - 60_000, ttl_ms=30_000
+    )
+    assert await _final(gateway, car, late) == [CommandOutcome.REJECTED]
+    await gateway.command(
+        car.vin,
+        "lock",
+        command_id=late,
+        issued_at=time.time_ns() // 1_000_000 - 60_000,
+        ttl_ms=30_000,
+    )
+    await wait_until(lambda: len(gateway.results(car.vin, late)) >= 2, what="repeated rejection")
+    assert [r.reason for r in gateway.results(car.vin, late)] == [CommandReason.EXPIRED] * 2
+
+
+async def test_results_are_repeated_after_the_car_restarts(
+    mqtt_broker: MosquittoBroker, tmp_path: Path, gateway: GatewayProbe
+) -> None:
+    vin = random_vin()
+    password = mqtt_broker.add_car(vin)
+    queue = tmp_path / "q.sqlite"
+    async with running_car(
+        mqtt_broker, queue, vin=vin, password=password, state=VehicleState(locked=True)
+    ) as rig:
+        await wait_until(lambda: gateway.samples(vin), what="first sample")
+        unlock = await gateway.command(vin, "unlock", nonce="ef" * 16)
+        assert await _final(gateway, rig, unlock) == [
+            CommandOutcome.ACCEPTED,
+            CommandOutcome.EXECUTED,
+        ]
+    async with running_car(
+        mqtt_broker, queue, vin=vin, password=password, state=VehicleState(locked=True)
+    ) as rig:
+        await gateway.command(vin, "unlock", command_id=unlock, nonce="ef" * 16)
+        await wait_until(lambda: len(gateway.results(vin, unlock)) >= 4, what="repeated results")
+        outcomes = [r.outcome for r in gateway.results(vin, unlock)]
+        assert outcomes == [CommandOutcome.ACCEPTED, CommandOutcome.EXECUTED] * 2
+        assert rig.ecus.requests_seen == 0
+        assert rig.state.locked is True
 
 
 async def test_wrong_vehicle_malformed_and_unsupported(gateway: GatewayProbe, car: CarRig) -> None:

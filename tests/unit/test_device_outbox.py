@@ -122,6 +122,26 @@ def test_command_memory_is_durable(tmp_path: Path) -> None:
     again.close_sync()
 
 
+def test_the_results_sent_for_a_command_are_remembered(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    outbox = store.vehicle(VIN, max_records=10)
+    assert outbox.command_results("c1") is None  # never seen
+    outbox.remember_command("c1", "n1", expires_at=2_000)
+    assert outbox.command_results("c1") == []
+    outbox.remember_result("c1", '{"outcome":"accepted"}')
+    outbox.remember_result("c1", '{"outcome":"executed"}')
+    store.close_sync()
+    again = _store(tmp_path)
+    outbox = again.vehicle(VIN, max_records=10)
+    assert outbox.command_results("c1") == ['{"outcome":"accepted"}', '{"outcome":"executed"}']
+    assert again.vehicle(OTHER, max_records=10).command_results("c1") is None
+    assert outbox.forget_commands_expired_before(3_000) == 1
+    assert outbox.command_results("c1") is None
+    outbox.remember_command("c1", "n1", expires_at=5_000)
+    assert outbox.command_results("c1") == []  # forgotten with the command
+    again.close_sync()
+
+
 def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
     store = _store(tmp_path)
     outbox = store.vehicle(VIN, max_records=10)
