@@ -12,10 +12,14 @@ Over the limit: `429 Too Many Requests`, problem type `rate-limited`, with `Retr
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.api.problems import Problem
@@ -24,19 +28,29 @@ from gateway.errors import StorageError
 
 __all__ = ["CommandRateLimiter"]
 
-_COUNT = """
+# One statement, in autocommit (one round trip): whether the idempotency key was used before
+# (a replay creates nothing and is never limited), and each count up to its limit only, so a
+# check costs at most `limit` index entries whatever the traffic (a 0 limit counts nothing).
+_CHECK = """
 SELECT
-    count(*) FILTER (WHERE requested_by = %(operator)s),
-    count(*) FILTER (WHERE vin = %(vin)s),
-    extract(epoch FROM min(created_at) FILTER (WHERE requested_by = %(operator)s)
-                       + %(window)s::interval - now()),
-    extract(epoch FROM min(created_at) FILTER (WHERE vin = %(vin)s)
-                       + %(window)s::interval - now())
-FROM commands
-WHERE created_at > now() - %(window)s::interval
-  AND (requested_by = %(operator)s OR vin = %(vin)s)
+    %(key)s::text IS NOT NULL AND EXISTS (
+        SELECT 1 FROM commands WHERE requested_by = %(operator)s AND idempotency_key = %(key)s),
+    (SELECT count(*) FROM (
+        SELECT 1 FROM commands
+        WHERE requested_by = %(operator)s AND created_at > now() - %(window)s::interval
+        LIMIT %(per_operator)s) o),
+    (SELECT count(*) FROM (
+        SELECT 1 FROM commands
+        WHERE vin = %(vin)s AND created_at > now() - %(window)s::interval
+        LIMIT %(per_vehicle)s) v)
 """
-_KEY_USED = "SELECT 1 FROM commands WHERE requested_by = %s AND idempotency_key = %s"
+# Only when refusing: when the oldest command that counts leaves the window (Retry-After).
+_FREE_IN = """
+SELECT extract(epoch FROM min(created_at) + %(window)s::interval - now()) FROM (
+    SELECT created_at FROM commands
+    WHERE {column} = %(value)s AND created_at > now() - %(window)s::interval
+    ORDER BY created_at DESC LIMIT %(limit)s) newest
+"""
 
 
 class CommandRateLimiter:
@@ -59,31 +73,61 @@ class CommandRateLimiter:
             return
         window = f"{self._window_s} seconds"
         try:
-            async with self._pool.connection() as conn:
-                if idempotency_key is not None:
-                    cur = await conn.execute(_KEY_USED, (operator, idempotency_key))
-                    if await cur.fetchone() is not None:
-                        return  # a replay creates nothing
+            async with self._autocommit() as conn:
                 cur = await conn.execute(
-                    _COUNT, {"operator": operator, "vin": vin, "window": window}
+                    _CHECK,
+                    {
+                        "key": idempotency_key,
+                        "operator": operator,
+                        "vin": vin,
+                        "window": window,
+                        "per_operator": self._per_operator,
+                        "per_vehicle": self._per_vehicle,
+                    },
                 )
                 row = await cur.fetchone()
+                assert row is not None
+                replay, by_operator, by_vehicle = row
+                if replay:
+                    return  # a replay creates nothing
+                if self._per_operator and by_operator >= self._per_operator:
+                    why = (
+                        f"operator {operator!r} sent {by_operator} commands in the last "
+                        f"{self._window_s} s (limit {self._per_operator})"
+                    )
+                    free_in = await self._free_in(conn, "requested_by", operator, window)
+                    self._refuse(why, free_in)
+                if self._per_vehicle and by_vehicle >= self._per_vehicle:
+                    why = (
+                        f"car {vin} got {by_vehicle} commands in the last {self._window_s} s "
+                        f"(limit {self._per_vehicle})"
+                    )
+                    free_in = await self._free_in(conn, "vin", vin, window)
+                    self._refuse(why, free_in)
         except psycopg.Error as exc:
             raise StorageError(f"cannot count recent commands: {exc}") from exc
-        assert row is not None
-        by_operator, by_vehicle, operator_free_in, vehicle_free_in = row
-        if self._per_operator and by_operator >= self._per_operator:
-            self._refuse(
-                f"operator {operator!r} sent {by_operator} commands in the last "
-                f"{self._window_s} s (limit {self._per_operator})",
-                operator_free_in,
-            )
-        if self._per_vehicle and by_vehicle >= self._per_vehicle:
-            self._refuse(
-                f"car {vin} got {by_vehicle} commands in the last {self._window_s} s "
-                f"(limit {self._per_vehicle})",
-                vehicle_free_in,
-            )
+
+    async def _free_in(
+        self, conn: psycopg.AsyncConnection[Any], column: str, value: str, window: str
+    ) -> Any:
+        limit = self._per_operator if column == "requested_by" else self._per_vehicle
+        query = sql.SQL(_FREE_IN).format(column=sql.Identifier(column))
+        cur = await conn.execute(query, {"value": value, "window": window, "limit": limit})
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection in autocommit: a lone statement costs one round trip."""
+        async with self._pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    await conn.set_autocommit(False)  # back as the pool lends it
+                else:
+                    await conn.close()  # cannot be reset: never lent again
 
     def _refuse(self, why: str, free_in_s: Any) -> None:
         retry = max(1, math.ceil(float(free_in_s))) if free_in_s is not None else self._window_s

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -181,11 +182,25 @@ async def _audit(
 
 
 class TokenAuthenticator:
-    """Checks presented tokens against the database, one pooled connection per check."""
+    """Checks presented tokens against the database, one pooled connection per check.
+
+    No cache: a revoked token is refused on its very next request (docs/security.md).
+    """
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
 
     async def authenticate(self, secret: str) -> Principal | None:
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
+            return None  # not one of ours: no connection needed
         async with self._pool.connection() as conn:
-            return await TokenStore(conn).authenticate(secret)
+            # The check is one statement: in autocommit it is one round trip, not three
+            # (BEGIN, the statement, and the pool's ROLLBACK when the connection comes back).
+            await conn.set_autocommit(True)
+            try:
+                return await TokenStore(conn).authenticate(secret)
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    await conn.set_autocommit(False)  # back as the pool lends it
+                else:
+                    await conn.close()  # cannot be reset: never lent again

@@ -26,7 +26,7 @@ from gateway.commands.errors import SigningKeyError
 from gateway.commands.lifecycle import IN_FLIGHT, Status
 from gateway.commands.metrics import CommandMetrics
 from gateway.commands.models import CommandEvent
-from gateway.commands.signing import CommandSigner
+from gateway.commands.signing import CommandSigner, SigningKey
 from gateway.commands.store import ClaimedCommand, CommandStore, DispatchOutcome, SignedCommand
 from gateway.config import CommandSettings
 from gateway.errors import BrokerError
@@ -129,7 +129,15 @@ class CommandDispatcher:
                 if check and not await self._store.has_queued(vin):
                     outcome = DispatchOutcome.NOTHING
                 else:
-                    outcome, events = await self._store.dispatch(vin, self._sign, self._publish)
+                    # The key is chosen first: its id is recorded with `sent`, in the claim.
+                    key = self._signer.key_for(vin)
+
+                    def sign(claimed: ClaimedCommand) -> SignedCommand:
+                        return self._sign(claimed, key)
+
+                    outcome, events = await self._store.dispatch(
+                        vin, key.key_id, sign, self._publish
+                    )
             self._metrics.dispatch.labels(outcome.value).inc()
             if outcome is DispatchOutcome.NO_SUBSCRIBER:
                 self._retry_at[vin] = time.monotonic() + _RETRY_NO_SUBSCRIBER_S
@@ -161,7 +169,7 @@ class CommandDispatcher:
                 self._pending.add(vin)
                 self._wake.set()
 
-    def _sign(self, claimed: ClaimedCommand) -> SignedCommand:
+    def _sign(self, claimed: ClaimedCommand, key: SigningKey) -> SignedCommand:
         message = self._signer.sign(
             command_id=claimed.command_id,
             vin=claimed.vin,
@@ -169,6 +177,7 @@ class CommandDispatcher:
             issued_at_ms=claimed.issued_at_ms,
             expires_at_ms=claimed.expires_at_ms,
             nonce=claimed.nonce,
+            key=key,
         )
         return SignedCommand(message.model_dump_json().encode(), message.key_id)
 

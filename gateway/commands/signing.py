@@ -217,9 +217,16 @@ class CommandSigner:
         issued_at_ms: int,
         expires_at_ms: int,
         nonce: str,
+        key: SigningKey | None = None,
     ) -> CommandMessage:
-        """Build and sign one command; the signature covers `CommandMessage.signing_bytes()`."""
-        key = self.key_for(vin)
+        """Build and sign one command; the signature covers `CommandMessage.signing_bytes()`.
+
+        Args:
+            key: the key to sign with, as `key_for(vin)` gave it (the dispatcher records its
+                id before signing); default: `key_for(vin)` now.
+        """
+        if key is None:
+            key = self.key_for(vin)
         unsigned = CommandMessage(
             v=1,
             command_id=command_id,

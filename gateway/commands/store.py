@@ -123,7 +123,7 @@ WITH moved AS (
     UPDATE commands c SET status = %(to)s, updated_at = now() {sets}
     WHERE {where}
     RETURNING c.id, c.vin, c.action, c.status, c.requested_by, c.reason, c.detail,
-              c.failed_preconditions
+              c.failed_preconditions, c.issued_at, c.expires_at, c.nonce
 ), transition AS (
     INSERT INTO command_transitions (command_id, status, actor, detail)
     SELECT id, status, %(actor)s, %(transition_detail)s::jsonb FROM moved
@@ -141,7 +141,10 @@ SELECT t.id AS transition_id, t.command_id, m.vin, m.action, t.status, t.at, m.r
        pg_notify('{channel}', json_build_object(
            'transition_id', t.id, 'command_id', t.command_id, 'vin', m.vin, 'action', m.action,
            'status', t.status, 'at', t.at, 'reason', m.reason, 'detail', m.detail,
-           'failed_preconditions', m.failed_preconditions)::text) AS notified
+           'failed_preconditions', m.failed_preconditions)::text) AS notified,
+       (extract(epoch FROM m.issued_at) * 1000)::bigint AS issued_ms,
+       (extract(epoch FROM m.expires_at) * 1000)::bigint AS expires_ms,
+       extract(epoch FROM m.expires_at - clock_timestamp())::float8 AS left_s, m.nonce
 FROM transition t JOIN moved m ON m.id = t.command_id
 """
 
@@ -174,6 +177,32 @@ _MOVE_ONE = {
 }
 _MOVE_ONE[Status.REJECTED] = _MOVE_ONE[Status.FAILED]
 _MOVE_ONE[Status.EXECUTED] = _MOVE_ONE[Status.FAILED]
+
+# The dispatch lock, tried in the statement before the claim (pipelined with it, one round trip);
+# the claim reads the outcome from this transaction-local setting, so it moves nothing unless
+# the lock was taken, and its snapshot is taken after the lock (it sees what the previous holder
+# committed: the in-flight check cannot be raced).
+_TRY_DISPATCH_LOCK = (
+    "SELECT set_config('tgw.dispatch_locked', "
+    "pg_try_advisory_xact_lock(%s, hashtext(%s))::text, true) = 'true'"
+)
+# Claim the car's oldest queued command and record it `sent`, if the car has none in flight.
+# Commands with under a second left are never sent (message expiry is whole seconds, rounded
+# down); the sweeper expires them at their deadline.
+_CLAIM = _move(
+    """
+    c.id = (
+        SELECT q.id FROM commands q
+        WHERE q.vin = %(vin)s AND q.status = 'queued'
+          AND current_setting('tgw.dispatch_locked', true) = 'true'
+          AND q.expires_at - clock_timestamp() >= interval '1 second'
+          AND NOT EXISTS (SELECT 1 FROM commands f
+                          WHERE f.vin = %(vin)s AND f.status = ANY(%(in_flight)s))
+        ORDER BY q.created_at, q.id LIMIT 1 FOR UPDATE
+    ) AND c.status = 'queued'
+    """,
+    ", sent_at = now(), key_id = %(key_id)s, attempts = c.attempts + 1",
+)
 
 _EXPIRE_QUEUED = _move(
     "c.id IN (SELECT id FROM commands WHERE status = 'queued' AND expires_at <= now() "
@@ -344,55 +373,68 @@ class CommandStore:
         Raises:
             CommandRefusedError: unknown car, action it cannot do, busy, or a reused key.
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            if request.idempotency_key is not None:
-                existing = await self._by_key(cur, request)
-                if existing is not None:
-                    return existing, False
-            # One creator per car at a time, so the busy check below cannot be raced.
-            await cur.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CREATE_LOCK, request.vin)
-            )
-            await cur.execute(
-                "SELECT capabilities, (SELECT count(*) FROM commands "
-                "WHERE vin = %(vin)s AND status = ANY(%(active)s)) AS active "
-                "FROM vehicles WHERE vin = %(vin)s",
-                {"vin": request.vin, "active": _ACTIVE},
-            )
-            vehicle = await cur.fetchone()
-            _check_capable(request, vehicle)
-            assert vehicle is not None
-            _check_not_busy(request.vin, vehicle["active"], busy_policy, max_queued)
-            await cur.execute(
-                _INSERT_COMMAND,
-                {
-                    "vin": request.vin,
-                    "action": request.action.value,
-                    "by": request.requested_by,
-                    "key": request.idempotency_key,
-                    "ttl": ttl_s,
-                    "nonce": secrets.token_hex(16),
-                    "actor": f"operator:{request.requested_by}",
-                    "detail": Jsonb({"ttl_s": ttl_s}),
-                },
-            )
+        # Pipelined: BEGIN, the car's lock, the key lookup and the checks travel together, then
+        # the insert with COMMIT: two round trips. Each statement still starts after the one
+        # before has finished, so the checks see every command committed before the lock.
+        async with self._pool.connection() as conn, conn.pipeline():
+            async with conn.transaction():
+                cur = conn.cursor(row_factory=dict_row)
+                replayed = conn.cursor(row_factory=dict_row)
+                # One creator per car at a time, so the busy check below cannot be raced.
+                await cur.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CREATE_LOCK, request.vin)
+                )
+                if request.idempotency_key is not None:
+                    await self._by_key_query(replayed, request)
+                await cur.execute(
+                    "SELECT capabilities, (SELECT count(*) FROM commands "
+                    "WHERE vin = %(vin)s AND status = ANY(%(active)s)) AS active "
+                    "FROM vehicles WHERE vin = %(vin)s",
+                    {"vin": request.vin, "active": _ACTIVE},
+                )
+                vehicle = await cur.fetchone()
+                if request.idempotency_key is not None:
+                    existing = await self._by_key_result(replayed, request)
+                    if existing is not None:
+                        return existing, False
+                _check_capable(request, vehicle)
+                assert vehicle is not None
+                _check_not_busy(request.vin, vehicle["active"], busy_policy, max_queued)
+                await cur.execute(
+                    _INSERT_COMMAND,
+                    {
+                        "vin": request.vin,
+                        "action": request.action.value,
+                        "by": request.requested_by,
+                        "key": request.idempotency_key,
+                        "ttl": ttl_s,
+                        "nonce": secrets.token_hex(16),
+                        "actor": f"operator:{request.requested_by}",
+                        "detail": Jsonb({"ttl_s": ttl_s}),
+                    },
+                )
+            # The transaction's end synchronised the pipeline: the insert's row is here.
             row = await cur.fetchone()
             if row is None:  # the same key, committed by a concurrent request meanwhile
-                existing = await self._by_key(cur, request)
+                await self._by_key_query(replayed, request)
+                existing = await self._by_key_result(replayed, request)
                 assert existing is not None
                 return existing, False
             row.pop("notified")
             return CommandRecord(**row), True
 
-    async def _by_key(
+    async def _by_key_query(
         self, cur: psycopg.AsyncCursor[dict[str, Any]], request: NewCommand
-    ) -> CommandRecord | None:
+    ) -> None:
         await cur.execute(
             f"SELECT {_COMMAND_COLUMNS} FROM commands c "  # noqa: S608  # constant columns
             "WHERE c.requested_by = %s AND c.idempotency_key = %s",
             (request.requested_by, request.idempotency_key),
         )
+
+    async def _by_key_result(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], request: NewCommand
+    ) -> CommandRecord | None:
         row = await cur.fetchone()
         if row is None:
             return None
@@ -491,54 +533,52 @@ class CommandStore:
         return bool(row and row[0])
 
     async def dispatch(
-        self, vin: str, sign: Sign, publish: Publish
+        self, vin: str, key_id: str, sign: Sign, publish: Publish
     ) -> tuple[DispatchOutcome, list[CommandEvent]]:
         """Send the car's oldest queued command, if it has none in flight.
 
-        In one transaction: take the car's dispatch lock, expire queued commands whose deadline
-        passed (never sending them), record the oldest live one as `sent`, publish it, and
+        In one transaction: take the car's dispatch lock, record its oldest queued command with
+        at least a second left as `sent` (signed with the key `key_id` names), publish it, and
         commit once the broker acknowledged it (so `sent` is never visible before the PUBACK,
         and after it only the COMMIT is left: the car's answer waits one round trip less for
         the row). If publishing fails, or the broker does not take it, the transaction rolls
         back and the command stays queued (the broker's refusal is then recorded on its own).
+        A queued command with under a second left is never sent; the sweeper expires it.
         """
         try:
-            return await self._dispatch(vin, sign, publish)
+            return await self._dispatch(vin, key_id, sign, publish)
         except _NotSent as not_sent:
             return await self._not_sent(vin, not_sent.command_id, not_sent.reason_code)
 
     async def _dispatch(
-        self, vin: str, sign: Sign, publish: Publish
+        self, vin: str, key_id: str, sign: Sign, publish: Publish
     ) -> tuple[DispatchOutcome, list[CommandEvent]]:
-        events: list[CommandEvent] = []
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)) AS ok", (_DISPATCH_LOCK, vin)
-            )
-            locked = await cur.fetchone()
-            if not locked or not locked["ok"]:
-                return DispatchOutcome.LOCKED, events
-            while True:
+        async with self._pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                # BEGIN, the lock and the claim in one round trip (see _TRY_DISPATCH_LOCK).
+                lock = conn.cursor()
+                await lock.execute(_TRY_DISPATCH_LOCK, (_DISPATCH_LOCK, vin))
+                cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(
-                    """
-                    SELECT id, action,
-                           (extract(epoch FROM issued_at) * 1000)::bigint AS issued_ms,
-                           (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
-                           extract(epoch FROM expires_at - clock_timestamp())::float8 AS left_s,
-                           nonce,
-                           EXISTS (SELECT 1 FROM commands f
-                                   WHERE f.vin = %(vin)s AND f.status = ANY(%(in_flight)s)) AS busy
-                    FROM commands WHERE vin = %(vin)s AND status = 'queued'
-                    ORDER BY created_at, id LIMIT 1 FOR UPDATE
-                    """,
-                    {"vin": vin, "in_flight": _IN_FLIGHT},
+                    _CLAIM,
+                    {
+                        "to": Status.SENT.value,
+                        "vin": vin,
+                        "in_flight": _IN_FLIGHT,
+                        "key_id": key_id,
+                        "actor": GATEWAY_ACTOR,
+                        "transition_detail": None,
+                    },
                 )
-                row = await cur.fetchone()
-                if row is None or row["busy"]:
-                    return DispatchOutcome.NOTHING, events
+                rows = await cur.fetchall()
+                locked = await lock.fetchone()
+                if not locked or not locked[0]:
+                    return DispatchOutcome.LOCKED, []
+                if not rows:
+                    return DispatchOutcome.NOTHING, []
+                row = rows[0]
                 claimed = ClaimedCommand(
-                    command_id=row["id"],
+                    command_id=row["command_id"],
                     vin=vin,
                     action=CommandAction(row["action"]),
                     issued_at_ms=row["issued_ms"],
@@ -546,27 +586,12 @@ class CommandStore:
                     seconds_left=row["left_s"],
                     nonce=row["nonce"],
                 )
-                # Message expiry is whole seconds, rounded down: the broker never holds a command
-                # past its deadline. Under a second left: not worth sending, and never late.
-                if claimed.seconds_left < 1:
-                    events += await self._move_one(
-                        cur,
-                        Status.EXPIRED,
-                        claimed.command_id,
-                        vin=vin,
-                        sources=[Status.QUEUED],
-                        reason=GatewayReason.DEADLINE_PASSED,
-                        detail="its deadline passed before it could be sent to the car",
-                    )
-                    continue
                 signed = sign(claimed)
-                events += await self._move_one(
-                    cur, Status.SENT, claimed.command_id, key_id=signed.key_id
-                )
                 reason_code = await publish(claimed, signed)
-                if reason_code < 0x80 and reason_code != 0x10:
-                    return DispatchOutcome.SENT, events  # committed as the block ends
-                raise _NotSent(claimed.command_id, reason_code)
+                if reason_code >= 0x80 or reason_code == 0x10:
+                    raise _NotSent(claimed.command_id, reason_code)
+            # Committed once the broker acknowledged it.
+            return DispatchOutcome.SENT, [_event(row)]
 
     async def _not_sent(
         self, vin: str, command_id: UUID, reason_code: int
