@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,6 @@ __all__ = [
     "DeadLetterRow",
     "EventRow",
     "IngestBatch",
-    "LatestStateRow",
     "SignalValues",
     "StatusUpdate",
     "TelemetryRow",
@@ -39,6 +39,10 @@ SignalValues = tuple[float | bool | None, ...]
 
 # All signals of a sample in one C call (SIGNAL_NAMES order): the hot path of ingest.
 _signal_values: Callable[[Signals], SignalValues] = operator.attrgetter(*SIGNAL_NAMES)
+# Where the signals start in a TelemetryRow, and how a row sorts by device time (time, seq).
+_FIRST_SIGNAL = 5
+_SIGNAL_RANGE = range(_FIRST_SIGNAL, _FIRST_SIGNAL + len(SIGNAL_NAMES))
+_device_order: Callable[[TelemetryRow], tuple[object, object]] = operator.itemgetter(0, 3)
 EventRow = tuple[datetime, str, str, int, str, str, datetime]
 
 
@@ -51,6 +55,22 @@ class DeadLetterRow:
     detail: str
     payload: bytes
     payload_size: int
+    payload_sha256: bytes
+    # Delivered again by the broker (DUP): kept only if the same bytes are not kept already.
+    redelivered: bool = False
+
+    def as_row(self) -> tuple[object, ...]:
+        """Values in `gateway.storage.sql.DEAD_LETTER_COLUMNS` order."""
+        return (
+            self.received_at,
+            self.topic,
+            self.vin,
+            self.reason,
+            self.detail,
+            self.payload,
+            self.payload_size,
+            self.payload_sha256,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,53 +90,6 @@ class StatusUpdate:
 
 
 @dataclass(slots=True)
-class LatestStateRow:
-    """The newest known value of each signal of one car within a batch.
-
-    Samples are kept as they come and merged when the row is built: most cars send one
-    message per batch, and then there is nothing to merge.
-    """
-
-    vin: str
-    time_ms: int
-    boot_id: str
-    seq: int
-    samples: list[tuple[int, SignalValues]] = field(default_factory=list)
-
-    def merge(self, time_ms: int, boot_id: str, seq: int, values: SignalValues) -> None:
-        """Add a sample (`values` in `SIGNAL_NAMES` order, None where absent)."""
-        if time_ms >= self.time_ms:
-            self.time_ms, self.boot_id, self.seq = time_ms, boot_id, seq
-        self.samples.append((time_ms, values))
-
-    def values(self) -> SignalValues:
-        """Each signal from the newest sample that carries it (later wins a tie)."""
-        samples = self.samples
-        if len(samples) == 1:
-            return samples[0][1]
-        merged: list[float | bool | None] = [None] * len(SIGNAL_NAMES)
-        times = [-1] * len(SIGNAL_NAMES)
-        for time_ms, values in samples:
-            for index, value in enumerate(values):
-                if value is not None and time_ms >= times[index]:
-                    merged[index] = value
-                    times[index] = time_ms
-        return tuple(merged)
-
-    @property
-    def signals(self) -> dict[str, float | bool]:
-        """The merged signals this car reported in the batch, by wire name."""
-        return {
-            name: value
-            for name, value in zip(SIGNAL_NAMES, self.values(), strict=True)
-            if value is not None
-        }
-
-    def as_row(self) -> tuple[object, ...]:
-        return (ms_to_datetime(self.time_ms), self.vin, self.boot_id, self.seq, *self.values())
-
-
-@dataclass(slots=True)
 class IngestBatch:
     """Everything one transaction writes, and the messages to acknowledge after it commits."""
 
@@ -125,7 +98,8 @@ class IngestBatch:
     events: list[EventRow] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
-    latest: dict[str, LatestStateRow] = field(default_factory=dict)
+    # Per car, its telemetry rows in this batch (most cars send one message per batch).
+    rows_by_car: dict[str, list[TelemetryRow]] = field(default_factory=dict)
     last_seen: dict[str, datetime] = field(default_factory=dict)
     messages: list[InboundMessage] = field(default_factory=list)
     oldest_device_ms: list[int] = field(default_factory=list)
@@ -135,6 +109,29 @@ class IngestBatch:
 
     def __len__(self) -> int:
         return len(self.messages)
+
+    def latest_candidates(self) -> list[TelemetryRow]:
+        """The rows that may move each car's latest state.
+
+        Per car: its newest sample, and any older one that carries a signal no newer one does
+        (a sample with only a door reading, say). The database compares them with the state
+        it holds (`UPSERT_LATEST_STATE_FROM_STAGE`), so a sample older than that state moves
+        nothing, whatever else the batch holds.
+        """
+        candidates: list[TelemetryRow] = []
+        for rows in self.rows_by_car.values():
+            if len(rows) == 1:
+                candidates.append(rows[0])
+                continue
+            uncovered = set(_SIGNAL_RANGE)
+            for position, row in enumerate(sorted(rows, key=_device_order, reverse=True)):
+                carried = {index for index in uncovered if row[index] is not None}
+                if carried or position == 0:
+                    candidates.append(row)
+                    uncovered -= carried
+                if not uncovered:
+                    break
+        return candidates
 
     def add(self, inbound: InboundMessage, outcome: Accepted | Rejected) -> None:
         """Add one classified message."""
@@ -177,6 +174,8 @@ class IngestBatch:
                 detail=detail.replace("\x00", "\\x00"),
                 payload=payload[: self.dead_letter_payload_bytes],
                 payload_size=len(payload),
+                payload_sha256=hashlib.sha256(payload).digest(),
+                redelivered=inbound.redelivered,
             )
         )
 
@@ -188,7 +187,9 @@ class IngestBatch:
 
     def _add_telemetry(self, message: TelemetryMessage, received_at: datetime) -> None:
         vin, boot_id = message.vin, message.boot_id
-        latest = self.latest.get(vin)
+        car_rows = self.rows_by_car.get(vin)
+        if car_rows is None:
+            car_rows = self.rows_by_car[vin] = []
         rows = self.telemetry
         times = self._device_times
         for sample in message.samples:
@@ -198,11 +199,10 @@ class IngestBatch:
             at = times.get(ts)
             if at is None:
                 at = times[ts] = ms_to_datetime(ts)
-            rows.append((at, vin, boot_id, seq, received_at, *values))
+            row = (at, vin, boot_id, seq, received_at, *values)
+            rows.append(row)
+            car_rows.append(row)
             self.oldest_device_ms.append(ts)
-            if latest is None:
-                latest = self.latest[vin] = LatestStateRow(vin, ts, boot_id, seq)
-            latest.merge(ts, boot_id, seq, values)
 
     def _add_event(self, message: EventMessage, received_at: datetime) -> None:
         data = EVENT_ADAPTER.dump_json(

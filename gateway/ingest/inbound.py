@@ -23,3 +23,5 @@ class InboundMessage(NamedTuple):
     generation: int
     received_at_ms: int
     retained: bool = False
+    # MQTT DUP: the broker sent it before (a resumed session); the first copy may be stored.
+    redelivered: bool = False

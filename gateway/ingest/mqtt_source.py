@@ -409,7 +409,14 @@ class MqttIngestSource:
                 continue
             topic, packet_id, qos, retained, payload = decode_publish(first_byte, body)
             message = InboundMessage(
-                topic, payload, packet_id, qos, generation, received_at_ms, retained
+                topic,
+                payload,
+                packet_id,
+                qos,
+                generation,
+                received_at_ms,
+                retained,
+                bool(first_byte & 0x08),
             )
             if routes:
                 handler = routes.get(topic[topic.rfind("/") + 1 :])

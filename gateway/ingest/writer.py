@@ -1,8 +1,9 @@
 """The database side of ingest: one batch, one transaction, COPY then idempotent insert.
 
-Rows are COPY'd into per-connection temporary staging tables and moved into
-the real tables with `ON CONFLICT DO NOTHING`, so a redelivered message stores
-nothing twice and the count of duplicates falls out of the row counts.
+Telemetry is COPY'd straight into its table; a batch holding a row stored before (a
+redelivery) is written again through a staging table with `ON CONFLICT DO NOTHING`, so nothing
+is stored twice and the count of duplicates falls out of the row counts. The SQL is
+`gateway.storage.sql`'s.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.errors import StorageError
-from gateway.ingest.batch import IngestBatch, StatusUpdate
-from schemas import SIGNAL_NAMES
+from gateway.ingest.batch import DeadLetterRow, IngestBatch, StatusUpdate, TelemetryRow
+from gateway.storage import sql
 
 __all__ = ["BatchRefusedError", "BatchWriter", "StorageUnavailableError", "WriteResult"]
 
@@ -51,112 +51,6 @@ class WriteResult:
     commit_seconds: float
 
 
-_TELEMETRY_COLUMNS = ("time", "vin", "boot_id", "seq", "received_at", *SIGNAL_NAMES)
-_EVENT_COLUMNS = ("time", "vin", "boot_id", "seq", "type", "data", "received_at")
-_LATEST_COLUMNS = ("time", "vin", "boot_id", "seq", *SIGNAL_NAMES)
-_DEAD_LETTER_COLUMNS = (
-    "received_at",
-    "topic",
-    "vin",
-    "reason",
-    "detail",
-    "payload",
-    "payload_size",
-)
-
-
-def _columns(names: tuple[str, ...]) -> sql.Composed:
-    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
-
-
-# ON COMMIT DELETE ROWS: created once per connection, emptied by every commit.
-_CREATE_STAGING = sql.SQL(
-    """
-    CREATE TEMP TABLE IF NOT EXISTS stage_telemetry
-        (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS stage_events
-        (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE IF NOT EXISTS stage_latest
-        (LIKE latest_state INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-    """
-)
-# Binary COPY for the high-volume rows: about 4 µs a row in psycopg against 15 µs in text
-# (docs/benchmarks.md); it needs each column's type, read from the staging tables.
-_COPY_TELEMETRY = sql.SQL("COPY stage_telemetry ({}) FROM STDIN (FORMAT BINARY)").format(
-    _columns(_TELEMETRY_COLUMNS)
-)
-# Straight into the table: what almost every batch can do (no row of it stored before).
-_COPY_TELEMETRY_DIRECT = sql.SQL("COPY telemetry ({}) FROM STDIN (FORMAT BINARY)").format(
-    _columns(_TELEMETRY_COLUMNS)
-)
-_COPY_EVENTS = sql.SQL("COPY stage_events ({}) FROM STDIN").format(_columns(_EVENT_COLUMNS))
-_COPY_LATEST = sql.SQL("COPY stage_latest ({}) FROM STDIN (FORMAT BINARY)").format(
-    _columns(_LATEST_COLUMNS)
-)
-_COLUMN_TYPES = sql.SQL(
-    """
-    SELECT attname, atttypid::int FROM pg_attribute
-    WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped
-    """
-)
-_COPY_DEAD_LETTERS = sql.SQL("COPY dead_letters ({}) FROM STDIN").format(
-    _columns(_DEAD_LETTER_COLUMNS)
-)
-_MOVE_TELEMETRY = sql.SQL(
-    "INSERT INTO telemetry ({cols}) SELECT {cols} FROM stage_telemetry ON CONFLICT DO NOTHING"
-).format(cols=_columns(_TELEMETRY_COLUMNS))
-_MOVE_EVENTS = sql.SQL(
-    "INSERT INTO events ({cols}) SELECT {cols} FROM stage_events ON CONFLICT DO NOTHING"
-).format(cols=_columns(_EVENT_COLUMNS))
-# Latest state only moves forward in device time; a signal a sample lacks keeps its value.
-# Rows go in VIN order, as in every statement here that touches per-car rows: gateway
-# instances writing overlapping batches then lock them in the same order and cannot deadlock.
-_MOVE_LATEST = sql.SQL(
-    """
-    INSERT INTO latest_state AS cur ({cols}, updated_at)
-    SELECT {cols}, now() FROM stage_latest ORDER BY vin
-    ON CONFLICT (vin) DO UPDATE SET
-        time = EXCLUDED.time, boot_id = EXCLUDED.boot_id, seq = EXCLUDED.seq,
-        {merge}, updated_at = now()
-    WHERE cur.time <= EXCLUDED.time
-    """
-).format(
-    cols=_columns(_LATEST_COLUMNS),
-    merge=sql.SQL(", ").join(
-        sql.SQL("{col} = COALESCE(EXCLUDED.{col}, cur.{col})").format(col=sql.Identifier(name))
-        for name in SIGNAL_NAMES
-    ),
-)
-_TOUCH_VEHICLES = sql.SQL(
-    """
-    INSERT INTO vehicles AS v (vin, last_seen_at)
-    SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS seen (vin, at) ORDER BY vin
-    ON CONFLICT (vin) DO UPDATE
-        SET last_seen_at = GREATEST(v.last_seen_at, EXCLUDED.last_seen_at), stale = false
-    """
-)
-# Connectivity moves forward in time too: an old will arriving late cannot flip a car offline
-# (the last parameter is StatusUpdate.applies_after).
-_APPLY_STATUS = sql.SQL(
-    """
-    INSERT INTO vehicles AS v
-        (vin, online, online_changed_at, boot_id, model, firmware, capabilities)
-    VALUES (%s, %s, %s, %s, %s, %s, COALESCE(%s::text[], '{}'))
-    ON CONFLICT (vin) DO UPDATE SET
-        online = EXCLUDED.online,
-        online_changed_at = EXCLUDED.online_changed_at,
-        boot_id = COALESCE(EXCLUDED.boot_id, v.boot_id),
-        model = COALESCE(EXCLUDED.model, v.model),
-        firmware = COALESCE(EXCLUDED.firmware, v.firmware),
-        capabilities = CASE WHEN %s::text[] IS NULL THEN v.capabilities
-                            ELSE EXCLUDED.capabilities END,
-        stale = false
-    WHERE v.online_changed_at IS NULL OR v.online_changed_at <= %s::timestamptz
-    """
-)
-_REGISTERED = sql.SQL("SELECT vin FROM vehicles WHERE vin = ANY(%s)")
-
-
 class BatchWriter:
     """Writes `IngestBatch`es through a connection pool, one transaction each.
 
@@ -175,18 +69,17 @@ class BatchWriter:
         self._last_seen_resolution = timedelta(seconds=last_seen_resolution_s)
         # What this writer last committed as each car's last_seen_at (one entry per car).
         self._last_seen_written: dict[str, datetime] = {}
-        self._copy_types: dict[str, list[int]] = {}
 
     @staticmethod
     async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
         """Pool `configure` hook: create this connection's staging tables once."""
-        await conn.execute(_CREATE_STAGING)
+        await conn.execute(sql.CREATE_STAGES)
         await conn.commit()
 
     async def registered(self, vins: list[str]) -> set[str]:
         """Which of `vins` are registered vehicles."""
         async with self._connection() as conn, conn.cursor() as cur:
-            await cur.execute(_REGISTERED, (vins,))
+            await cur.execute(sql.SELECT_REGISTERED, (vins,))
             return {row[0] for row in await cur.fetchall()}
 
     async def write(self, batch: IngestBatch) -> WriteResult:
@@ -221,34 +114,20 @@ class BatchWriter:
         async with self._connection() as conn:
             try:
                 async with conn.transaction(), conn.cursor() as cur:
-                    if not self._copy_types:
-                        await self._read_copy_types(cur)
-                    telemetry = await self._insert_telemetry(cur, batch.telemetry, direct=direct)
-                    events = await self._stage_and_move(
-                        cur, _COPY_EVENTS, _MOVE_EVENTS, batch.events
-                    )
-                    if batch.latest:
-                        rows = [state.as_row() for state in batch.latest.values()]
-                        await self._stage_and_move(
-                            cur, _COPY_LATEST, _MOVE_LATEST, rows, self._copy_types["latest"]
-                        )
+                    telemetry = await self._insert_telemetry(cur, batch, direct=direct)
+                    if batch.telemetry:
+                        await cur.execute(sql.UPSERT_LATEST_STATE_FROM_STAGE)
+                    events = 0
+                    if batch.events:
+                        async with cur.copy(sql.COPY_EVENTS_STAGE) as copy:
+                            for event in batch.events:
+                                await copy.write_row(event)
+                        await cur.execute(sql.INSERT_EVENTS_FROM_STAGE)
+                        events = max(cur.rowcount, 0)
                     if seen:
-                        await cur.execute(_TOUCH_VEHICLES, (list(seen), list(seen.values())))
+                        await cur.execute(sql.TOUCH_VEHICLES, (list(seen), list(seen.values())))
                     await self._apply_statuses(cur, batch.statuses)
-                    if batch.dead_letters:
-                        async with cur.copy(_COPY_DEAD_LETTERS) as copy:
-                            for letter in batch.dead_letters:
-                                await copy.write_row(
-                                    (
-                                        letter.received_at,
-                                        letter.topic,
-                                        letter.vin,
-                                        letter.reason,
-                                        letter.detail,
-                                        letter.payload,
-                                        letter.payload_size,
-                                    )
-                                )
+                    await self._keep_dead_letters(cur, batch.dead_letters)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
@@ -276,59 +155,31 @@ class BatchWriter:
             if (before := written.get(vin)) is None or at - before >= resolution
         }
 
-    async def _read_copy_types(self, cur: psycopg.AsyncCursor[Any]) -> None:
-        """The type oids of the binary COPYs' columns (the same on every connection)."""
-        types: dict[str, list[int]] = {}
-        for name, table, columns in (
-            ("telemetry", "stage_telemetry", _TELEMETRY_COLUMNS),
-            ("latest", "stage_latest", _LATEST_COLUMNS),
-        ):
-            await cur.execute(_COLUMN_TYPES, (table,))
-            oids = {str(column): int(oid) for column, oid in await cur.fetchall()}
-            types[name] = [oids[column] for column in columns]
-        self._copy_types = types
-
+    @staticmethod
     async def _insert_telemetry(
-        self, cur: psycopg.AsyncCursor[Any], rows: list[tuple[object, ...]], *, direct: bool
+        cur: psycopg.AsyncCursor[Any], batch: IngestBatch, *, direct: bool
     ) -> int:
-        """Insert what is new of `rows`; return how many that was.
+        """Insert what is new of the batch's telemetry; return how many rows that was.
 
-        `direct`: COPY straight into the table, one pass over the rows. A row stored before
-        (a redelivered or repeated message) makes that COPY fail: `_RowsRepeatedError`, and
-        the caller writes the batch again with `direct` off, through staging and
-        `ON CONFLICT DO NOTHING`, which skips such rows.
+        Leaves in the stage what `UPSERT_LATEST_STATE_FROM_STAGE` reads. `direct`: COPY
+        straight into the table, one pass over the rows, and only the latest-state candidates
+        into the stage. A row stored before (a redelivered or repeated message) makes that
+        COPY fail: `_RowsRepeatedError`, and the caller writes the batch again with `direct`
+        off: every row through the stage and `ON CONFLICT DO NOTHING`, which skips such rows.
         """
+        rows = batch.telemetry
         if not rows:
             return 0
-        types = self._copy_types["telemetry"]
         if not direct:
-            return await self._stage_and_move(cur, _COPY_TELEMETRY, _MOVE_TELEMETRY, rows, types)
+            await _copy(cur, sql.COPY_TELEMETRY_STAGE, rows)
+            await cur.execute(sql.INSERT_TELEMETRY_FROM_STAGE)
+            return max(cur.rowcount, 0)
         try:
-            async with cur.copy(_COPY_TELEMETRY_DIRECT) as copy:
-                copy.set_types(types)
-                for row in rows:
-                    await copy.write_row(row)
+            await _copy(cur, sql.COPY_TELEMETRY, rows)
         except psycopg.errors.UniqueViolation as exc:
             raise _RowsRepeatedError(str(exc)) from exc
+        await _copy(cur, sql.COPY_TELEMETRY_STAGE, batch.latest_candidates())
         return len(rows)
-
-    @staticmethod
-    async def _stage_and_move(
-        cur: psycopg.AsyncCursor[Any],
-        copy_sql: sql.Composed,
-        move_sql: sql.Composed,
-        rows: list[tuple[object, ...]] | list[Any],
-        types: list[int] | None = None,
-    ) -> int:
-        if not rows:
-            return 0
-        async with cur.copy(copy_sql) as copy:
-            if types is not None:
-                copy.set_types(types)
-            for row in rows:
-                await copy.write_row(row)
-        await cur.execute(move_sql)
-        return max(cur.rowcount, 0)
 
     @staticmethod
     async def _apply_statuses(cur: psycopg.AsyncCursor[Any], statuses: list[StatusUpdate]) -> None:
@@ -336,19 +187,45 @@ class BatchWriter:
             return
         ordered = sorted(statuses, key=lambda status: (status.vin, status.changed_at))
         await cur.executemany(
-            _APPLY_STATUS,
+            sql.APPLY_STATUS,
             [
-                (
-                    s.vin,
-                    s.online,
-                    s.changed_at,
-                    s.boot_id,
-                    s.model,
-                    s.firmware,
-                    list(s.capabilities) if s.capabilities is not None else None,
-                    list(s.capabilities) if s.capabilities is not None else None,
-                    s.applies_after,
-                )
+                {
+                    "vin": s.vin,
+                    "online": s.online,
+                    "changed_at": s.changed_at,
+                    "boot_id": s.boot_id,
+                    "model": s.model,
+                    "firmware": s.firmware,
+                    "capabilities": list(s.capabilities) if s.capabilities is not None else None,
+                    "applies_after": s.applies_after,
+                }
                 for s in ordered
             ],
         )
+
+    @staticmethod
+    async def _keep_dead_letters(
+        cur: psycopg.AsyncCursor[Any], letters: list[DeadLetterRow]
+    ) -> None:
+        first = [letter.as_row() for letter in letters if not letter.redelivered]
+        if first:
+            async with cur.copy(sql.COPY_DEAD_LETTERS) as copy:
+                for row in first:
+                    await copy.write_row(row)
+        again = [letter for letter in letters if letter.redelivered]
+        if again:
+            await cur.executemany(
+                sql.INSERT_DEAD_LETTER_UNLESS_KEPT,
+                [
+                    dict(zip(sql.DEAD_LETTER_COLUMNS, letter.as_row(), strict=True))
+                    for letter in again
+                ],
+            )
+
+
+async def _copy(cur: psycopg.AsyncCursor[Any], statement: str, rows: list[TelemetryRow]) -> None:
+    """Binary COPY of telemetry-shaped rows."""
+    async with cur.copy(statement) as copy:
+        copy.set_types(list(sql.TELEMETRY_COPY_TYPES))
+        for row in rows:
+            await copy.write_row(row)

@@ -91,3 +91,69 @@ async def test_stale_marking_allows_for_the_last_seen_resolution(
     # Silent for 8 s by the database's account: the car may have spoken 3 s ago.
     assert await mark_stale_vehicles(pool, stale_after_s=5, last_seen_resolution_s=5) == 0
     assert await mark_stale_vehicles(pool, stale_after_s=5) == 1
+
+
+def message(
+    vin: str, samples: list[tuple[int, int, dict[str, object]]], *, redelivered: bool = False
+) -> tuple[InboundMessage, bytes]:
+    document = {
+        "v": 1,
+        "vin": vin,
+        "boot_id": "boot-m",
+        "samples": [{"seq": seq, "ts": ts, "signals": signals} for seq, ts, signals in samples],
+    }
+    payload = json.dumps(document).encode()
+    topic = vehicle_topic(vin, TopicKind.TELEMETRY)
+    return InboundMessage(topic, payload, 1, 1, 1, now_ms(), redelivered=redelivered), payload
+
+
+async def write(writer: BatchWriter, *messages: InboundMessage) -> None:
+    result = IngestBatch()
+    for inbound in messages:
+        outcome = decode_uplink(inbound.topic, inbound.payload, received_at_ms=now_ms())
+        result.add(inbound, outcome)
+    await writer.write(result)
+
+
+async def test_an_old_sample_in_a_batch_does_not_overwrite_newer_stored_state(
+    pool: AsyncConnectionPool[Any], migrated_database: str
+) -> None:
+    vin, t = "WBAUE11040E654322", now_ms() - 60_000
+    writer = BatchWriter(pool)
+    stored, _ = message(vin, [(5, t + 5_000, {"fuel": 70.0, "speed": 0.0})])
+    await write(writer, stored)
+    # One batch: a backlog sample older than the stored state, carrying fuel, and a newer
+    # sample without fuel. The newer moves the state; the older one's fuel must not.
+    late, _ = message(vin, [(3, t + 3_000, {"fuel": 20.0, "door_fl_open": True})])
+    newer, _ = message(vin, [(6, t + 6_000, {"speed": 12.0})])
+    await write(writer, late, newer)
+
+    (state,) = await fetch(
+        migrated_database,
+        "SELECT seq, fuel, speed, door_fl_open FROM latest_state WHERE vin = %s",
+        (vin,),
+    )
+    assert state == (6, 70.0, 12.0, None)
+    ((rows,),) = await fetch(
+        migrated_database, "SELECT count(*) FROM telemetry WHERE vin = %s", (vin,)
+    )
+    assert rows == 3
+
+
+async def test_a_redelivered_dead_letter_is_kept_once(
+    pool: AsyncConnectionPool[Any], migrated_database: str
+) -> None:
+    writer = BatchWriter(pool)
+    topic = vehicle_topic("WBAUE11040E654323", TopicKind.TELEMETRY)
+    garbage = b"{not json"
+    first = InboundMessage(topic, garbage, 1, 1, 1, now_ms())
+    await write(writer, first)
+    # The batch committed, the acknowledgement was lost: the broker sends it again (DUP).
+    await write(writer, first._replace(mid=2, generation=2, redelivered=True))
+    # The car sends the same bad bytes once more, a new message: kept.
+    await write(writer, first._replace(mid=3, generation=2))
+
+    rows = await fetch(
+        migrated_database, "SELECT reason FROM dead_letters WHERE topic = %s", (topic,)
+    )
+    assert rows == [("not_json",), ("not_json",)]

@@ -5,6 +5,7 @@ Every test runs in both storage modes: the session's own and plain PostgreSQL fo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,20 +40,16 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[dict[str, Any]]:
     return await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row)
 
 
-async def store_batch(
-    conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]], *, binary: bool = False
-) -> int:
-    """The ingest's write path for one batch; returns how many rows were new."""
+async def store_batch(conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]) -> int:
+    """The ingest's staged write path for one batch; returns how many rows were new."""
+    await conn.execute(sql.CREATE_STAGES)
     async with conn.transaction():
-        await conn.execute(sql.CREATE_TELEMETRY_STAGE)
-        statement = sql.COPY_TELEMETRY_STAGE_BINARY if binary else sql.COPY_TELEMETRY_STAGE
-        async with conn.cursor().copy(statement) as copy:
-            if binary:
-                copy.set_types(list(sql.TELEMETRY_COPY_TYPES))
+        async with conn.cursor().copy(sql.COPY_TELEMETRY_STAGE) as copy:
+            copy.set_types(list(sql.TELEMETRY_COPY_TYPES))
             for row in rows:
                 await copy.write_row(tuple(row[c] for c in sql.TELEMETRY_COLUMNS))
         cur = await conn.execute(sql.INSERT_TELEMETRY_FROM_STAGE)
-        stored = len(await cur.fetchall())
+        stored = cur.rowcount
         await conn.execute(sql.UPSERT_LATEST_STATE_FROM_STAGE)
     return stored
 
@@ -96,18 +93,15 @@ async def test_column_lists_match_the_tables(db: psycopg.AsyncConnection[Any]) -
     assert await columns("latest_state") == sql.LATEST_STATE_COLUMNS
 
 
-@pytest.mark.parametrize("binary", [False, True], ids=["text-copy", "binary-copy"])
-async def test_staged_insert_stores_nothing_twice(
-    db: psycopg.AsyncConnection[Any], binary: bool
-) -> None:
+async def test_staged_insert_stores_nothing_twice(db: psycopg.AsyncConnection[Any]) -> None:
     batch = [sample(VIN_A, seq, seq, fuel=50.0 - seq, lat=48.1) for seq in range(1, 6)]
     batch.append(sample(VIN_B, 1, 0.5, fuel=10.0))
 
-    assert await store_batch(db, batch, binary=binary) == 6
+    assert await store_batch(db, batch) == 6
     # Redelivered whole, then partly again with duplicates inside one batch.
-    assert await store_batch(db, batch, binary=binary) == 0
+    assert await store_batch(db, batch) == 0
     again = [batch[0], batch[0], sample(VIN_A, 6, 6, fuel=44.0), sample(VIN_A, 6, 6, fuel=44.0)]
-    assert await store_batch(db, again, binary=binary) == 1
+    assert await store_batch(db, again) == 1
 
     assert await scalar(db, "SELECT count(*) FROM telemetry") == 7
     state = await latest(db, VIN_A)
@@ -149,19 +143,6 @@ async def test_latest_state_merges_a_batch_per_signal(db: psycopg.AsyncConnectio
     assert (b["seq"], b["soc"], b["fuel"]) == (1, 80.0, None)
 
 
-async def test_single_sample_upsert(db: psycopg.AsyncConnection[Any]) -> None:
-    async def upsert(row: dict[str, Any]) -> None:
-        await db.execute(sql.UPSERT_LATEST_STATE, row)
-
-    await upsert(sample(VIN_A, 2, 2, fuel=20.0, ignition=True))
-    await upsert(sample(VIN_A, 1, 1, fuel=99.0))  # older: ignored
-    await upsert(sample(VIN_A, 3, 3, ignition=False))  # partial: fuel kept
-    await db.commit()
-
-    state = await latest(db, VIN_A)
-    assert (state["seq"], state["fuel"], state["ignition"]) == (3, 20.0, False)
-
-
 async def test_staged_events_store_nothing_twice(db: psycopg.AsyncConnection[Any]) -> None:
     events = [
         (T0, VIN_A, "boot-1", 1, "door_opened", json.dumps({"door": "fl"}), T0),
@@ -169,13 +150,13 @@ async def test_staged_events_store_nothing_twice(db: psycopg.AsyncConnection[Any
     ]
 
     async def store(rows: list[tuple[Any, ...]]) -> int:
+        await db.execute(sql.CREATE_STAGES)
         async with db.transaction():
-            await db.execute(sql.CREATE_EVENTS_STAGE)
             async with db.cursor().copy(sql.COPY_EVENTS_STAGE) as copy:
                 for row in rows:
                     await copy.write_row(row)
             cur = await db.execute(sql.INSERT_EVENTS_FROM_STAGE)
-            return len(await cur.fetchall())
+            return cur.rowcount
 
     assert await store(events) == 2
     assert await store(events + events) == 0
@@ -186,23 +167,38 @@ async def test_staged_events_store_nothing_twice(db: psycopg.AsyncConnection[Any
     ]
 
 
-async def test_dead_letter_insert(db: psycopg.AsyncConnection[Any]) -> None:
-    await db.execute(
-        sql.INSERT_DEAD_LETTER,
-        {
-            "received_at": T0,
-            "topic": "tgw/v1/vehicles/x/telemetry",
-            "vin": None,
-            "reason": "not_json",
-            "detail": "Expecting value: line 1 column 1",
-            "payload": b"\x00\xffgarbage",
-            "payload_size": 9,
-        },
-    )
-    await db.commit()
-    cur = await db.execute("SELECT reason, payload, payload_size FROM dead_letters")
-    assert await cur.fetchall() == [
-        {"reason": "not_json", "payload": b"\x00\xffgarbage", "payload_size": 9}
+async def test_dead_letters_kept_and_a_redelivery_kept_once(
+    db: psycopg.AsyncConnection[Any],
+) -> None:
+    garbage = b"\x00\xffgarbage"
+    letter = {
+        "received_at": T0,
+        "topic": "tgw/v1/vehicles/x/telemetry",
+        "vin": None,
+        "reason": "not_json",
+        "detail": "Expecting value: line 1 column 1",
+        "payload": garbage,
+        "payload_size": 9,
+        "payload_sha256": hashlib.sha256(garbage).digest(),
+    }
+    row = tuple(letter[c] for c in sql.DEAD_LETTER_COLUMNS)
+    # A car that sends the same bad bytes twice: both kept.
+    async with db.transaction(), db.cursor().copy(sql.COPY_DEAD_LETTERS) as copy:
+        await copy.write_row(row)
+        await copy.write_row(row)
+    async with db.transaction():
+        # The broker delivers it again (DUP): the same bytes are kept already.
+        cur = await db.execute(sql.INSERT_DEAD_LETTER_UNLESS_KEPT, letter)
+        assert cur.rowcount == 0
+        # Another topic's redelivery with the same bytes is another message.
+        other = letter | {"topic": "tgw/v1/vehicles/y/telemetry"}
+        cur = await db.execute(sql.INSERT_DEAD_LETTER_UNLESS_KEPT, other)
+        assert cur.rowcount == 1
+    cur = await db.execute("SELECT topic, reason, payload, payload_size FROM dead_letters")
+    assert sorted(tuple(r.values()) for r in await cur.fetchall()) == [
+        ("tgw/v1/vehicles/x/telemetry", "not_json", garbage, 9),
+        ("tgw/v1/vehicles/x/telemetry", "not_json", garbage, 9),
+        ("tgw/v1/vehicles/y/telemetry", "not_json", garbage, 9),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from gateway.ingest.batch import IngestBatch
@@ -48,7 +49,7 @@ def test_telemetry_samples_become_rows_in_column_order() -> None:
     assert signals["fuel"] is None
 
 
-def test_latest_state_takes_each_signal_from_its_newest_sample() -> None:
+def test_latest_candidates_are_the_newest_sample_and_older_ones_with_other_signals() -> None:
     batch = IngestBatch()
     add(
         batch,
@@ -60,10 +61,18 @@ def test_latest_state_takes_each_signal_from_its_newest_sample() -> None:
             ),
         ),
     )
+    # Nothing that seq 2 or 3 lacks: cannot move the state.
     add(batch, inbound(TopicKind.TELEMETRY, telemetry((1, NOW_MS - 3000, {"fuel": 55.0}))))
-    latest = batch.latest[VIN]
-    assert latest.seq == 3
-    assert latest.signals == {"speed": 50.0, "fuel": 40.0}
+    # Same time as seq 3, higher seq: the newest.
+    add(batch, inbound(TopicKind.TELEMETRY, telemetry((4, NOW_MS - 1000, {"locked": True}))))
+
+    assert [row[3] for row in batch.latest_candidates()] == [4, 3, 2]
+
+
+def test_latest_candidate_of_a_car_with_one_sample_is_that_sample() -> None:
+    batch = IngestBatch()
+    add(batch, inbound(TopicKind.TELEMETRY, telemetry((9, NOW_MS - 1000, {"speed": 5.0}))))
+    assert batch.latest_candidates() == batch.telemetry
 
 
 def test_rejected_message_becomes_dead_letter_with_bounded_payload() -> None:
@@ -78,6 +87,8 @@ def test_rejected_message_becomes_dead_letter_with_bounded_payload() -> None:
     )
     add(batch, message)
     (letter,) = batch.dead_letters
+    assert letter.payload_sha256 == hashlib.sha256(b"not json at all, and long").digest()
+    assert not letter.redelivered
     assert letter.reason == "not_json"
     assert letter.payload == b"not json a"
     assert letter.payload_size == len(message.payload)

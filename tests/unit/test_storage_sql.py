@@ -27,13 +27,13 @@ def select_list(statement: str) -> tuple[str, ...]:
 @pytest.mark.parametrize(
     ("statement", "after", "columns"),
     [
+        (sql.COPY_TELEMETRY, "COPY telemetry", sql.TELEMETRY_COLUMNS),
         (sql.COPY_TELEMETRY_STAGE, "COPY tgw_stage_telemetry", sql.TELEMETRY_COLUMNS),
-        (sql.COPY_TELEMETRY_STAGE_BINARY, "COPY tgw_stage_telemetry", sql.TELEMETRY_COLUMNS),
         (sql.INSERT_TELEMETRY_FROM_STAGE, "INSERT INTO telemetry", sql.TELEMETRY_COLUMNS),
         (sql.COPY_EVENTS_STAGE, "COPY tgw_stage_events", sql.EVENT_COLUMNS),
-        (sql.COPY_EVENTS_STAGE_BINARY, "COPY tgw_stage_events", sql.EVENT_COLUMNS),
         (sql.INSERT_EVENTS_FROM_STAGE, "INSERT INTO events", sql.EVENT_COLUMNS),
-        (sql.UPSERT_LATEST_STATE, "INSERT INTO latest_state AS ls", sql.LATEST_STATE_COLUMNS),
+        (sql.COPY_DEAD_LETTERS, "COPY dead_letters", sql.DEAD_LETTER_COLUMNS),
+        (sql.INSERT_DEAD_LETTER_UNLESS_KEPT, "INSERT INTO dead_letters", sql.DEAD_LETTER_COLUMNS),
         (
             sql.UPSERT_LATEST_STATE_FROM_STAGE,
             "INSERT INTO latest_state AS ls",
@@ -52,11 +52,10 @@ def test_insert_from_stage_selects_what_it_inserts() -> None:
 
 def test_copy_types_cover_every_column() -> None:
     assert len(sql.TELEMETRY_COPY_TYPES) == len(sql.TELEMETRY_COLUMNS)
-    assert len(sql.EVENT_COPY_TYPES) == len(sql.EVENT_COLUMNS)
 
 
-@pytest.mark.parametrize("statement", [sql.UPSERT_LATEST_STATE, sql.UPSERT_LATEST_STATE_FROM_STAGE])
-def test_latest_state_merges_every_signal_and_only_moves_forward(statement: str) -> None:
+def test_latest_state_merges_every_signal_and_only_moves_forward() -> None:
+    statement = sql.UPSERT_LATEST_STATE_FROM_STAGE
     for signal in sql.SIGNAL_COLUMNS:
         assert f"{signal} = COALESCE(EXCLUDED.{signal}, ls.{signal})" in statement
     assert statement.rstrip().endswith("WHERE ls.time <= EXCLUDED.time")
@@ -69,6 +68,6 @@ def test_batch_merge_aggregates_every_signal() -> None:
         assert f"COALESCE(n.{signal}, o.{signal})" in statement
 
 
-def test_single_upsert_names_every_parameter() -> None:
-    params = re.findall(r"%\((\w+)\)s", sql.UPSERT_LATEST_STATE)
-    assert tuple(params) == sql.LATEST_STATE_COLUMNS[:-1]  # updated_at is now()
+def test_dead_letter_insert_names_every_column_as_a_parameter() -> None:
+    params = re.findall(r"%\((\w+)\)s", sql.INSERT_DEAD_LETTER_UNLESS_KEPT)
+    assert set(params) == set(sql.DEAD_LETTER_COLUMNS)
