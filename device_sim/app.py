@@ -1,4 +1,4 @@
-"""Composition root of one car (`tgw sim car`): bus, simulated ECUs, queue, telematics unit.
+"""Composition root of one car (`tgw sim car`, `tgw sim replay`): bus, ECUs, queue, unit.
 
 On a real box, run it with `--can-interface socketcan --channel can0 --no-ecus`: the same
 unit then decodes the car's own frames. With `virtual` (the default) or `vcan0`, simulated
@@ -11,21 +11,26 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
-from device_sim.canbus import PythonCanBus
+from device_sim.canbus import LocalCanNetwork, PythonCanBus
+from device_sim.codec import DecodeCounters
 from device_sim.driving import CITIES, CarBehaviour
 from device_sim.ecu import SimulatedEcus, VehicleState
-from device_sim.errors import DeviceConfigurationError
+from device_sim.errors import BrokerError, DeviceConfigurationError
 from device_sim.outbox import OutboxStore
 from device_sim.profiles import load_profile
+from device_sim.replay import ReplayClock, log_span_ms, play_log
 from device_sim.settings import SimSettings
 from device_sim.unit import TelematicsUnit, UnitCounters
 from device_sim.verifier import verifier_for
 
-__all__ = ["install_stop_signals", "run_car"]
+__all__ = ["ReplaySummary", "install_stop_signals", "run_car", "run_replay"]
 
 _log = structlog.get_logger(__name__)
 
@@ -130,3 +135,97 @@ async def _drive(behaviour: CarBehaviour) -> None:
 async def _stop_after(unit: TelematicsUnit, seconds: float) -> None:
     await asyncio.sleep(seconds)
     unit.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    """What a replay through a unit did."""
+
+    frames_played: int
+    frames: DecodeCounters
+    unit: UnitCounters
+    queued: int  # rows the broker had not acknowledged when the replay ended
+
+
+async def run_replay(
+    settings: SimSettings,
+    log_file: Path,
+    *,
+    vin: str,
+    password: str | None,
+    interval_s: float = 1.0,
+    speed: float = 0.0,
+    connect_timeout_s: float = 30.0,
+    drain_timeout_s: float = 60.0,
+) -> ReplaySummary:
+    """Play a CAN log through one car's telematics unit, which publishes through the broker.
+
+    The unit (profile `settings.unit.profile`, queue in `settings.unit.queue_dir`) connects
+    first; the log's frames then go onto its bus (`device_sim.replay.play_log`), and the
+    replay ends once the broker has acknowledged everything, in order (offline status,
+    clean disconnect).
+
+    Raises:
+        DeviceError: the log, the profile or the queue cannot be used, or the broker was not
+            reached within `connect_timeout_s` (or did not acknowledge within `drain_timeout_s`).
+    """
+    profile = load_profile(settings.unit.profile)
+    first_ms, last_ms = log_span_ms(log_file)
+    # The log ends when the replay starts: recent timestamps, spaced as recorded.
+    clock = ReplayClock(time.time_ns() // 1_000_000 - last_ms, first_ms)
+    network = LocalCanNetwork()
+    player = network.port()
+    queue_file = settings.unit.queue_dir / f"replay-{vin}.sqlite"
+    mqtt = settings.mqtt
+    async with OutboxStore(queue_file, commit_interval_s=settings.unit.commit_interval_s) as store:
+        unit = TelematicsUnit(
+            vin=vin,
+            password=password,
+            profile=profile,
+            bus=network.port(),
+            outbox=store.vehicle(vin, max_records=settings.unit.queue_max_records),
+            mqtt=mqtt,
+            settings=settings.unit,
+            verifier=verifier_for(settings.commands.trusted_keys),
+            clock=clock,
+            sample_externally=True,  # sampled by log time, by the player
+        )
+        install_stop_signals(unit.stop)
+        async with asyncio.TaskGroup() as tasks:
+            unit_task = tasks.create_task(unit.run(), name=f"unit:{vin}")
+            try:
+                await _within(
+                    unit.connected.wait(),
+                    connect_timeout_s,
+                    f"the car {vin} did not connect to {mqtt.host}:{mqtt.port} within "
+                    f"{connect_timeout_s:g} s: is the broker up, and does it know this VIN and "
+                    "password?",
+                )
+                played = await play_log(
+                    log_file, bus=player, unit=unit, clock=clock, interval_s=interval_s, speed=speed
+                )
+                _log.info("replay_played", frames=played, queued=unit.queued)
+                await _within(
+                    _until_empty(unit),
+                    drain_timeout_s,
+                    f"the broker did not acknowledge everything within {drain_timeout_s:g} s "
+                    f"({unit.queued} rows still queued in {queue_file})",
+                )
+            finally:
+                unit.stop()
+            await unit_task
+        return ReplaySummary(played, unit.decode_counters, unit.counters, unit.queued)
+
+
+async def _within(waiting: Awaitable[object], seconds: float, message: str) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await waiting
+    except TimeoutError:
+        raise BrokerError(message) from None
+
+
+async def _until_empty(unit: TelematicsUnit) -> None:
+    # Polled: the queue has no "empty" event, and a replay ends once.
+    while unit.queued:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)

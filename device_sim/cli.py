@@ -21,7 +21,7 @@ from device_sim.errors import DeviceConfigurationError, DeviceError
 from device_sim.fleet import Fleet, FleetFaults, FleetProgress
 from device_sim.identity import fleet_vins, read_credentials, write_credentials
 from device_sim.logconfig import configure_logging
-from device_sim.profiles import builtin_profile_names, load_profile
+from device_sim.profiles import SignalProfile, builtin_profile_names, load_profile
 from device_sim.replay import replay_log
 from device_sim.settings import SimSettings
 from schemas.vin import VinError, parse_vin
@@ -424,15 +424,39 @@ def profiles() -> None:
 @app.command()
 def replay(
     log_file: Annotated[Path, typer.Argument(help="candump .log, .asc, .blf, .trc or .csv")],
+    *,
     profile: Annotated[str, typer.Option("--profile", help="Vehicle profile name or .toml.")],
-    vin: Annotated[str, typer.Option("--vin", help="VIN for the messages.")] = "TGWREPLAY00000001",
+    vin: Annotated[
+        str, typer.Option("--vin", help="The car's VIN (its broker username).")
+    ] = "TGWREPLAY00000001",
     interval: Annotated[
         float, typer.Option("--interval", help="Seconds of log time between samples.")
     ] = 1.0,
+    speed: Annotated[
+        float,
+        typer.Option(
+            "--speed", min=0.0, help="1 plays in real time, 10 ten times faster; 0: at once."
+        ),
+    ] = 0.0,
+    print_only: Annotated[
+        bool,
+        typer.Option(
+            "--print", help="Only decode: print protocol v1 messages as JSON lines, no broker."
+        ),
+    ] = False,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    credentials: CredentialsOpt = None,
+    queue_dir: QueueDirOpt = None,
+    log_level: LogLevelOpt = None,
 ) -> None:
-    """Decode a recorded CAN log with a profile; print protocol v1 messages as JSON lines.
+    """Play a recorded CAN log through an in-car unit, which publishes through the broker.
 
-    Each line is {"topic_kind": ..., "payload": {...}}; a summary of frames goes to stderr.
+    The unit decodes the frames with the profile and publishes telemetry and events under
+    its VIN, like `tgw sim car` (same broker and identity options; the password comes from
+    --credentials or TGW_SIM_MQTT__PASSWORD). Timestamps are the log's, moved so that it ends
+    now. A JSON summary is the last stdout line. With --print nothing is published: each
+    message is printed as {"topic_kind": ..., "payload": {...}}, frame statistics go to stderr.
     """
 
     def body() -> None:
@@ -441,15 +465,55 @@ def replay(
         except VinError as exc:
             raise DeviceConfigurationError(f"--vin {vin!r}: {exc}") from exc
         loaded = load_profile(profile)
-        from device_sim.codec import DecodeCounters  # noqa: PLC0415
-
-        counters = DecodeCounters()
-        for message in replay_log(
-            log_file, loaded, vin=car_vin, interval_s=interval, counters=counters
-        ):
-            sys.stdout.write(
-                f'{{"topic_kind":"{message.kind.value}","payload":{message.payload}}}{os.linesep}'
+        if not log_file.is_file():
+            raise DeviceConfigurationError(f"CAN log {log_file} does not exist")
+        if print_only:
+            _print_replay(log_file, loaded, car_vin, interval)
+            return
+        settings = _settings(
+            mqtt={"host": host, "port": port},
+            unit={"profile": profile, "queue_dir": queue_dir},
+        )
+        _start_logging(settings, log_level or "WARNING")
+        password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else None
+        credentials_file = credentials or settings.fleet.credentials_file
+        if credentials_file is not None:
+            password = read_credentials(credentials_file).get(car_vin)
+            if password is None:
+                raise DeviceConfigurationError(f"{credentials_file} has no password for {car_vin}")
+        if password is None:
+            raise DeviceConfigurationError(
+                f"replaying through the broker needs the password of {car_vin}: --credentials "
+                "FILE or TGW_SIM_MQTT__PASSWORD (or --print to decode without a broker)"
             )
-        typer.echo(json.dumps({"frames": _counters(counters)}), err=True)
+        from device_sim.app import run_replay  # noqa: PLC0415  (keeps `tgw --help` fast)
+
+        summary = asyncio.run(
+            run_replay(
+                settings, log_file, vin=car_vin, password=password, interval_s=interval, speed=speed
+            )
+        )
+        typer.echo(
+            json.dumps(
+                {
+                    "vin": car_vin,
+                    "frames_played": summary.frames_played,
+                    "frames": _counters(summary.frames),
+                    **_counters(summary.unit),
+                    "queued": summary.queued,
+                }
+            )
+        )
 
     _guarded(body)
+
+
+def _print_replay(log_file: Path, loaded: SignalProfile, vin: str, interval: float) -> None:
+    from device_sim.codec import DecodeCounters  # noqa: PLC0415
+
+    counters = DecodeCounters()
+    for message in replay_log(log_file, loaded, vin=vin, interval_s=interval, counters=counters):
+        sys.stdout.write(
+            f'{{"topic_kind":"{message.kind.value}","payload":{message.payload}}}{os.linesep}'
+        )
+    typer.echo(json.dumps({"frames": _counters(counters)}), err=True)

@@ -54,7 +54,7 @@ def test_replaying_a_candump_log() -> None:
 
 
 def test_replay_command_prints_json_lines() -> None:
-    result = runner.invoke(app, ["replay", str(TRIP_LOG), "--profile", "vw_mqb"])
+    result = runner.invoke(app, ["replay", str(TRIP_LOG), "--profile", "vw_mqb", "--print"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"topic')]
     assert {line["topic_kind"] for line in lines} == {"telemetry", "events"}
@@ -80,7 +80,9 @@ def test_credentials_command(tmp_path: Path) -> None:
     [
         (["car", "--vin", "not-a-vin"], "--vin 'not-a-vin'"),
         (["replay", "/nonexistent.log", "--profile", "vw_mqb"], "does not exist"),
+        (["replay", "/nonexistent.log", "--profile", "vw_mqb", "--print"], "does not exist"),
         (["replay", str(TRIP_LOG), "--profile", "trabant"], "no vehicle profile named"),
+        (["replay", str(TRIP_LOG), "--profile", "vw_mqb"], "needs the password"),
         (["fleet", "--cars", "2"], "needs --credentials"),
     ],
 )
