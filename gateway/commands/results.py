@@ -37,6 +37,8 @@ log = structlog.get_logger(__name__)
 
 _RETRY_INITIAL_S = 0.5
 _RETRY_MAX_S = 15.0
+# Results applied in one transaction at most (they queue up only when the database is behind).
+_BATCH_MAX = 64
 
 
 class ResultAcknowledger(Protocol):
@@ -82,19 +84,24 @@ class ResultIntake:
         self._queues[shard].put_nowait(message)
 
     async def run_worker(self, index: int, acknowledger: ResultAcknowledger) -> None:
-        """Apply results from queue `index` until cancelled."""
+        """Apply results from queue `index` until cancelled: everything waiting at once (one
+        transaction for many results when they queue up), acknowledged after the commit."""
         queue = self._queues[index]
         while True:
-            message = await queue.get()
-            await self._with_retry(message)
-            acknowledger.ack([message])
+            batch = [await queue.get()]
+            while len(batch) < _BATCH_MAX and not queue.empty():
+                batch.append(queue.get_nowait())
+            await self._with_retry(batch)
+            acknowledger.ack(batch)
 
-    async def _with_retry(self, message: InboundMessage) -> None:
+    async def _with_retry(self, batch: list[InboundMessage]) -> None:
         delay = _RETRY_INITIAL_S
         while True:
             try:
-                await self.handle(message)
+                await self.handle_batch(batch)
             except (psycopg.OperationalError, PoolTimeout) as exc:
+                # Nothing of the batch was committed, or it was and applying again changes
+                # nothing (results are idempotent): the whole batch again.
                 log.warning("commands.result_retry", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
                 delay = min(delay * 2, _RETRY_MAX_S)
@@ -103,42 +110,53 @@ class ResultIntake:
 
     async def handle(self, message: InboundMessage) -> None:
         """Validate and apply one result (or keep it as a dead letter)."""
-        outcome = decode_uplink(
-            message.topic,
-            message.payload,
-            received_at_ms=message.received_at_ms,
-            limits=self._limits,
-        )
-        if not isinstance(outcome, Accepted):
-            await self._dead_letter(message, outcome.reason.value, outcome.detail, outcome.vin)
-            return
-        result = outcome.message
-        if not isinstance(result, CommandResultMessage):  # the topic kind says it is one
-            await self._dead_letter(
-                message,
-                RejectionReason.UNKNOWN_TOPIC.value,
-                "not a command result",
-                outcome.topic.vin,
+        await self.handle_batch([message])
+
+    async def handle_batch(self, messages: Sequence[InboundMessage]) -> None:
+        """Validate and apply results, in order (or keep them as dead letters)."""
+        valid: list[tuple[InboundMessage, CommandResultMessage]] = []
+        for message in messages:
+            outcome = decode_uplink(
+                message.topic,
+                message.payload,
+                received_at_ms=message.received_at_ms,
+                limits=self._limits,
             )
+            if not isinstance(outcome, Accepted):
+                await self._dead_letter(message, outcome.reason.value, outcome.detail, outcome.vin)
+            elif not isinstance(outcome.message, CommandResultMessage):
+                await self._dead_letter(  # the topic kind says it is one: never seen
+                    message,
+                    RejectionReason.UNKNOWN_TOPIC.value,
+                    "not a command result",
+                    outcome.topic.vin,
+                )
+            else:
+                valid.append((message, outcome.message))
+        if not valid:
             return
-        applied = await self._store.apply_result(result)
-        if applied.dead_letter_reason is not None:
-            await self._dead_letter(
-                message, applied.dead_letter_reason, applied.dead_letter_detail or "", result.vin
+        applied_all = await self._store.apply_results([result for _, result in valid])
+        for (message, result), applied in zip(valid, applied_all, strict=True):
+            if applied.dead_letter_reason is not None:
+                await self._dead_letter(
+                    message,
+                    applied.dead_letter_reason,
+                    applied.dead_letter_detail or "",
+                    result.vin,
+                )
+                continue
+            assert applied.effect is not None
+            if applied.event is not None:
+                self.on_event(applied.event)
+            self._metrics.results.labels(applied.effect.value).inc()
+            log.info(
+                "commands.result",
+                command_id=str(result.command_id),
+                vin=result.vin,
+                outcome=result.outcome.value,
+                reason=result.reason.value if result.reason else None,
+                effect=applied.effect.value,
             )
-            return
-        assert applied.effect is not None
-        if applied.event is not None:
-            self.on_event(applied.event)
-        self._metrics.results.labels(applied.effect.value).inc()
-        log.info(
-            "commands.result",
-            command_id=str(result.command_id),
-            vin=result.vin,
-            outcome=result.outcome.value,
-            reason=result.reason.value if result.reason else None,
-            effect=applied.effect.value,
-        )
 
     async def _dead_letter(
         self, message: InboundMessage, reason: str, detail: str, vin: str | None

@@ -15,7 +15,7 @@ import binascii
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -634,7 +634,10 @@ class CommandStore:
         preconditions: list[str] | None = None,
         state: dict[str, Any] | None = None,
         transition_detail: dict[str, Any] | None = None,
+        fetch: bool = True,
     ) -> list[CommandEvent]:
+        """Move one command (the statement only, without `fetch`: in a pipeline, the rows
+        are read once it is synchronised)."""
         await cur.execute(
             _MOVE_ONE[to],
             {
@@ -652,7 +655,7 @@ class CommandStore:
                 "transition_detail": Jsonb(transition_detail) if transition_detail else None,
             },
         )
-        return [_event(row) for row in await cur.fetchall()]
+        return [_event(row) for row in await cur.fetchall()] if fetch else []
 
     # --- results from cars -------------------------------------------------------------------
 
@@ -666,6 +669,31 @@ class CommandStore:
                 return ResultApplied(ResultEffect.APPLY, event=events[0])
             async with conn.transaction():
                 return await self._not_applied(cur, result)
+
+    async def apply_results(self, results: Sequence[CommandResultMessage]) -> list[ResultApplied]:
+        """Apply validated results, in order: several in one transaction (one commit and one
+        round trip for all of them), in command order so that two batches never wait for each
+        other's rows in opposite orders; a command's own results keep their order."""
+        if len(results) == 1:
+            return [await self.apply_result(results[0])]
+        order = sorted(range(len(results)), key=lambda i: str(results[i].command_id))
+        applied: list[ResultApplied | None] = [None] * len(results)
+        async with self._pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                cursors = []
+                for i in order:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await self._apply(cur, results[i], fetch=False)
+                    cursors.append((i, cur))
+            # The transaction's end synchronised the pipeline: every statement's rows are here.
+            for i, cur in cursors:
+                events = [_event(row) for row in await cur.fetchall()]
+                if events:
+                    applied[i] = ResultApplied(ResultEffect.APPLY, event=events[0])
+        for i in order:  # the rare rest, each on its own (unknown, duplicate, late, ...)
+            if applied[i] is None:
+                applied[i] = await self.apply_result(results[i])
+        return [a for a in applied if a is not None]
 
     async def _not_applied(
         self, cur: psycopg.AsyncCursor[dict[str, Any]], result: CommandResultMessage
@@ -715,7 +743,11 @@ class CommandStore:
         return ResultApplied(effect)
 
     async def _apply(
-        self, cur: psycopg.AsyncCursor[dict[str, Any]], result: CommandResultMessage
+        self,
+        cur: psycopg.AsyncCursor[dict[str, Any]],
+        result: CommandResultMessage,
+        *,
+        fetch: bool = True,
     ) -> list[CommandEvent]:
         to = target_status(result.outcome)
         car_at = ms_to_datetime(result.ts)
@@ -734,6 +766,7 @@ class CommandStore:
             state=dict(state) if state else None,
             transition_detail={"car_ts": result.ts}
             | ({"reason": result.reason.value} if result.reason else {}),
+            fetch=fetch,
         )
 
     async def dead_letter(

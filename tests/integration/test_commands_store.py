@@ -1,0 +1,201 @@
+"""The command store against the real database: what the benchmark's fast paths must keep.
+
+Results applied many in one transaction (as a result worker does when they queue up) end in
+the same states, transitions and audit rows as applied one by one; unknown and foreign results
+in such a batch are still told apart; pipelined creation keeps the busy and idempotency rules;
+a dispatch sends a car's oldest command only, records the key that signed it, and rolls back
+when the broker does not take it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.commands import CommandRefusedError, NewCommand
+from gateway.commands.lifecycle import ResultEffect
+from gateway.commands.store import (
+    ClaimedCommand,
+    CommandStore,
+    DispatchOutcome,
+    SignedCommand,
+)
+from schemas import CommandAction, CommandOutcome, CommandResultMessage
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+_VINS = ("WBAUF11080E900001", "WBAUF11080E900002")
+
+
+@pytest.fixture
+async def store(migrated_database: str) -> AsyncIterator[CommandStore]:
+    async with await psycopg.AsyncConnection.connect(migrated_database, autocommit=True) as conn:
+        for vin in _VINS:
+            await conn.execute(
+                "INSERT INTO vehicles (vin, capabilities) VALUES (%s, %s)",
+                (vin, ["lock", "unlock", "request_state"]),
+            )
+    async with AsyncConnectionPool(migrated_database, min_size=1, max_size=4, open=False) as pool:
+        await pool.open(wait=True)
+        yield CommandStore(pool)
+
+
+def _request(vin: str, action: str = "lock", key: str | None = None) -> NewCommand:
+    return NewCommand(
+        vin=vin, action=CommandAction(action), requested_by="tester", idempotency_key=key
+    )
+
+
+async def _create(store: CommandStore, request: NewCommand) -> tuple[Any, bool]:
+    return await store.create(request, ttl_s=30, busy_policy="queue", max_queued=2)
+
+
+async def _send(store: CommandStore, vin: str, reason_code: int = 0) -> tuple[Any, ...]:
+    sent: list[ClaimedCommand] = []
+
+    def sign(claimed: ClaimedCommand) -> SignedCommand:
+        return SignedCommand(b"{}", "key-1")
+
+    async def publish(claimed: ClaimedCommand, signed: SignedCommand) -> int:
+        sent.append(claimed)
+        return reason_code
+
+    outcome, events = await store.dispatch(vin, "key-1", sign, publish)
+    return outcome, events, sent
+
+
+def _result(command_id: uuid.UUID, vin: str, outcome: str) -> CommandResultMessage:
+    return CommandResultMessage(
+        v=1,
+        command_id=command_id,
+        vin=vin,
+        ts=int(time.time() * 1000),
+        outcome=CommandOutcome(outcome),
+    )
+
+
+async def test_a_batch_of_results_applies_like_one_by_one(
+    store: CommandStore, migrated_database: str
+) -> None:
+    a, _ = await _create(store, _request(_VINS[0]))
+    b, _ = await _create(store, _request(_VINS[1], "unlock"))
+    for vin in _VINS:
+        outcome, events, sent = await _send(store, vin)
+        assert outcome is DispatchOutcome.SENT
+        assert [e.status.value for e in events] == ["sent"]
+        assert len(sent) == 1
+    batch = [
+        _result(b.command_id, _VINS[1], "accepted"),
+        _result(a.command_id, _VINS[0], "accepted"),
+        _result(a.command_id, _VINS[0], "executed"),
+        _result(b.command_id, _VINS[1], "executed"),
+        _result(a.command_id, _VINS[0], "executed"),  # a redelivery
+        _result(uuid.uuid4(), _VINS[0], "executed"),  # nobody sent it
+        _result(b.command_id, _VINS[0], "accepted"),  # another car's command
+    ]
+    applied = await store.apply_results(batch)
+    assert [a.effect for a in applied] == [
+        ResultEffect.APPLY,
+        ResultEffect.APPLY,
+        ResultEffect.APPLY,
+        ResultEffect.APPLY,
+        ResultEffect.DUPLICATE,
+        None,
+        None,
+    ]
+    assert [a.dead_letter_reason for a in applied[5:]] == ["unknown_command", "vin_mismatch"]
+    assert [a.event.status.value for a in applied[:4] if a.event] == [
+        "accepted",
+        "accepted",
+        "executed",
+        "executed",
+    ]
+    async with await psycopg.AsyncConnection.connect(migrated_database) as conn:
+        for command in (a, b):
+            cur = await conn.execute(
+                "SELECT array_agg(status::text ORDER BY id) FROM command_transitions "
+                "WHERE command_id = %s",
+                (command.command_id,),
+            )
+            assert (await cur.fetchone()) == (["queued", "sent", "accepted", "executed"],)
+            cur = await conn.execute(
+                "SELECT array_agg(action ORDER BY id), min(actor), max(actor) FROM audit_log "
+                "WHERE detail ->> 'command_id' = %s",
+                (str(command.command_id),),
+            )
+            actions, first_actor, last_actor = await cur.fetchone() or (None, None, None)
+            assert actions == [
+                "command.queued",
+                "command.sent",
+                "command.accepted",
+                "command.executed",
+            ]
+            assert first_actor == last_actor == "tester"
+            cur = await conn.execute(
+                "SELECT status::text, key_id, attempts FROM commands WHERE id = %s",
+                (command.command_id,),
+            )
+            assert (await cur.fetchone()) == ("executed", "key-1", 1)
+
+
+async def test_pipelined_creation_keeps_the_busy_and_idempotency_rules(
+    store: CommandStore,
+) -> None:
+    first, created = await _create(store, _request(_VINS[0], key="k1"))
+    assert created
+    again, created = await _create(store, _request(_VINS[0], key="k1"))
+    assert not created
+    assert again.command_id == first.command_id
+    with pytest.raises(CommandRefusedError) as reused:
+        await _create(store, _request(_VINS[0], "unlock", key="k1"))
+    assert reused.value.kind == "idempotency-key-reused"
+    await _create(store, _request(_VINS[0], "unlock"))
+    with pytest.raises(CommandRefusedError) as busy:
+        await _create(store, _request(_VINS[0]))
+    assert busy.value.kind == "vehicle-busy"
+    # A replay is answered even while the car is busy: it creates nothing.
+    replay, created = await _create(store, _request(_VINS[0], key="k1"))
+    assert (replay.command_id, created) == (first.command_id, False)
+    with pytest.raises(CommandRefusedError) as unsupported:
+        await _create(store, _request(_VINS[1], "unlock_and_enable_driving"))
+    assert unsupported.value.kind == "unsupported-action"
+    with pytest.raises(CommandRefusedError) as unknown:
+        await _create(store, _request("WBAUF11080E900009"))
+    assert unknown.value.kind == "unknown-vehicle"
+
+
+async def test_dispatch_sends_the_oldest_one_at_a_time_and_rolls_back_a_refusal(
+    store: CommandStore,
+) -> None:
+    first, _ = await _create(store, _request(_VINS[0]))
+    second, _ = await _create(store, _request(_VINS[0], "unlock"))
+    # No subscriber: rolled back, still queued, tried again later.
+    outcome, events, sent = await _send(store, _VINS[0], reason_code=0x10)
+    assert (outcome, events) == (DispatchOutcome.NO_SUBSCRIBER, [])
+    assert [c.command_id for c in sent] == [first.command_id]
+    assert (await store.get(first.command_id)).status.value == "queued"  # type: ignore[union-attr]
+    outcome, events, sent = await _send(store, _VINS[0])
+    assert outcome is DispatchOutcome.SENT
+    assert [c.command_id for c in sent] == [first.command_id]
+    assert sent[0].seconds_left > 25
+    # One in flight: the second waits.
+    outcome, _, sent = await _send(store, _VINS[0])
+    assert (outcome, sent) == (DispatchOutcome.NOTHING, [])
+    await store.apply_results([_result(first.command_id, _VINS[0], "executed")])
+    outcome, _, sent = await _send(store, _VINS[0])
+    assert outcome is DispatchOutcome.SENT
+    assert [c.command_id for c in sent] == [second.command_id]
+    # The broker refuses (not authorised): failed, with the reason.
+    third, _ = await _create(store, _request(_VINS[1]))
+    outcome, events, _ = await _send(store, _VINS[1], reason_code=0x87)
+    assert outcome is DispatchOutcome.REFUSED
+    assert [(e.status.value, e.reason) for e in events] == [("failed", "broker_refused")]
+    record = await store.get(third.command_id)
+    assert record is not None
+    assert [t.status.value for t in record.transitions or []] == ["queued", "failed"]
