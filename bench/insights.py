@@ -28,7 +28,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -219,7 +219,7 @@ def run(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
         with psycopg.connect(dsn) as conn:
             trips = conn.execute("SELECT count(*) FROM trips").fetchone()
-            planned = sum(1 for t in plan.trips if float(t[1]) < now.timestamp())  # type: ignore[arg-type]
+            planned = sum(1 for t in plan.trips if cast(float, t[1]) < now.timestamp())
 
         # What the console asks for: the last 7 days as whole UTC days up to now.
         week_start = (now - timedelta(days=6)).replace(hour=0, minute=0, second=0)

@@ -114,9 +114,13 @@ class BatchWriter:
         async with self._connection() as conn:
             try:
                 async with conn.transaction(), conn.cursor() as cur:
-                    telemetry = await self._insert_telemetry(cur, batch, direct=direct)
+                    telemetry, one_per_car = await self._insert_telemetry(cur, batch, direct=direct)
                     if batch.telemetry:
-                        await cur.execute(sql.UPSERT_LATEST_STATE_FROM_STAGE)
+                        await cur.execute(
+                            sql.UPSERT_LATEST_STATE_ONE_PER_CAR
+                            if one_per_car
+                            else sql.UPSERT_LATEST_STATE_FROM_STAGE
+                        )
                     events = 0
                     if batch.events:
                         async with cur.copy(sql.COPY_EVENTS_STAGE) as copy:
@@ -158,8 +162,10 @@ class BatchWriter:
     @staticmethod
     async def _insert_telemetry(
         cur: psycopg.AsyncCursor[Any], batch: IngestBatch, *, direct: bool
-    ) -> int:
-        """Insert what is new of the batch's telemetry; return how many rows that was.
+    ) -> tuple[int, bool]:
+        """Insert what is new of the batch's telemetry.
+
+        Returns how many rows that was, and whether the stage holds one sample per car.
 
         Leaves in the stage what `UPSERT_LATEST_STATE_FROM_STAGE` reads. `direct`: COPY
         straight into the table, one pass over the rows, and only the latest-state candidates
@@ -169,17 +175,19 @@ class BatchWriter:
         """
         rows = batch.telemetry
         if not rows:
-            return 0
+            return 0, True
+        cars = len(batch.rows_by_car)
         if not direct:
             await _copy(cur, sql.COPY_TELEMETRY_STAGE, rows)
             await cur.execute(sql.INSERT_TELEMETRY_FROM_STAGE)
-            return max(cur.rowcount, 0)
+            return max(cur.rowcount, 0), len(rows) == cars
         try:
             await _copy(cur, sql.COPY_TELEMETRY, rows)
         except psycopg.errors.UniqueViolation as exc:
             raise _RowsRepeatedError(str(exc)) from exc
-        await _copy(cur, sql.COPY_TELEMETRY_STAGE, batch.latest_candidates())
-        return len(rows)
+        candidates = batch.latest_candidates()
+        await _copy(cur, sql.COPY_TELEMETRY_STAGE, candidates)
+        return len(rows), len(candidates) == cars
 
     @staticmethod
     async def _apply_statuses(cur: psycopg.AsyncCursor[Any], statuses: list[StatusUpdate]) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "TELEMETRY_COPY_TYPES",
     "TOUCH_VEHICLES",
     "UPSERT_LATEST_STATE_FROM_STAGE",
+    "UPSERT_LATEST_STATE_ONE_PER_CAR",
 ]
 
 SIGNAL_COLUMNS: Final = (
@@ -260,6 +261,47 @@ late or backfilled data never overwrites newer state; signals no newer sample ca
 their stored value. Cars are upserted in VIN order, so that concurrent batches lock rows in
 one order and cannot deadlock.
 """
+
+# One candidate per car (the common batch): nothing to merge between samples, so no sort, no
+# aggregate; the conflict clause alone keeps the state moving forward.
+UPSERT_LATEST_STATE_ONE_PER_CAR: Final = """
+INSERT INTO latest_state AS ls (
+    vin, time, boot_id, seq,
+    lat, lon, heading, speed, fuel, soc, odometer, batt_v,
+    ignition, locked, door_fl_open, door_fr_open, door_rl_open, door_rr_open, trunk_open,
+    updated_at
+)
+SELECT
+    vin, time, boot_id, seq,
+    lat, lon, heading, speed, fuel, soc, odometer, batt_v,
+    ignition, locked, door_fl_open, door_fr_open, door_rl_open, door_rr_open, trunk_open,
+    now()
+FROM tgw_stage_telemetry
+ORDER BY vin
+ON CONFLICT (vin) DO UPDATE SET
+    time = EXCLUDED.time,
+    boot_id = EXCLUDED.boot_id,
+    seq = EXCLUDED.seq,
+    lat = COALESCE(EXCLUDED.lat, ls.lat),
+    lon = COALESCE(EXCLUDED.lon, ls.lon),
+    heading = COALESCE(EXCLUDED.heading, ls.heading),
+    speed = COALESCE(EXCLUDED.speed, ls.speed),
+    fuel = COALESCE(EXCLUDED.fuel, ls.fuel),
+    soc = COALESCE(EXCLUDED.soc, ls.soc),
+    odometer = COALESCE(EXCLUDED.odometer, ls.odometer),
+    batt_v = COALESCE(EXCLUDED.batt_v, ls.batt_v),
+    ignition = COALESCE(EXCLUDED.ignition, ls.ignition),
+    locked = COALESCE(EXCLUDED.locked, ls.locked),
+    door_fl_open = COALESCE(EXCLUDED.door_fl_open, ls.door_fl_open),
+    door_fr_open = COALESCE(EXCLUDED.door_fr_open, ls.door_fr_open),
+    door_rl_open = COALESCE(EXCLUDED.door_rl_open, ls.door_rl_open),
+    door_rr_open = COALESCE(EXCLUDED.door_rr_open, ls.door_rr_open),
+    trunk_open = COALESCE(EXCLUDED.trunk_open, ls.trunk_open),
+    updated_at = EXCLUDED.updated_at
+WHERE ls.time <= EXCLUDED.time
+"""
+"""`UPSERT_LATEST_STATE_FROM_STAGE` for a stage holding at most one sample per car (the same
+result, in one pass)."""
 
 # --- events ---------------------------------------------------------------------------------
 

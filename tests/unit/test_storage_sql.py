@@ -39,6 +39,11 @@ def select_list(statement: str) -> tuple[str, ...]:
             "INSERT INTO latest_state AS ls",
             sql.LATEST_STATE_COLUMNS,
         ),
+        (
+            sql.UPSERT_LATEST_STATE_ONE_PER_CAR,
+            "INSERT INTO latest_state AS ls",
+            sql.LATEST_STATE_COLUMNS,
+        ),
     ],
 )
 def test_column_lists(statement: str, after: str, columns: tuple[str, ...]) -> None:
@@ -54,8 +59,10 @@ def test_copy_types_cover_every_column() -> None:
     assert len(sql.TELEMETRY_COPY_TYPES) == len(sql.TELEMETRY_COLUMNS)
 
 
-def test_latest_state_merges_every_signal_and_only_moves_forward() -> None:
-    statement = sql.UPSERT_LATEST_STATE_FROM_STAGE
+@pytest.mark.parametrize(
+    "statement", [sql.UPSERT_LATEST_STATE_FROM_STAGE, sql.UPSERT_LATEST_STATE_ONE_PER_CAR]
+)
+def test_latest_state_merges_every_signal_and_only_moves_forward(statement: str) -> None:
     for signal in sql.SIGNAL_COLUMNS:
         assert f"{signal} = COALESCE(EXCLUDED.{signal}, ls.{signal})" in statement
     assert statement.rstrip().endswith("WHERE ls.time <= EXCLUDED.time")
