@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import psycopg
 
 from bench._copy import measure_raw_copy
 from bench._gateway import GatewayProcess
 from bench._load import check_payload
-from bench._measure import committed_between, integrity, latency
+from bench._measure import committed_between, integrity, latency, settle
 from bench._pgwaits import SessionSampler
 from bench._phases import Load, Meters, Window, drain, drive, postgres_pids, say, tree
 from bench._sink import CountingSubscriber, WireSubscriber
@@ -358,18 +357,9 @@ class IngestBenchmark:
         return maximum
 
     def settle(self) -> None:
-        """Do the maximum phase's upkeep now, not inside the latency window.
-
-        A minute at the maximum leaves about a million fresh rows: autovacuum would vacuum and
-        analyse them (and a checkpoint write them out) during the next phase, on the same two
-        cores, and the latency figure would measure that aftermath instead of the steady rate.
-        """
-        started = time.monotonic()
+        """The maximum phase's upkeep, done before the latency window (bench._measure.settle)."""
         say("settling: VACUUM (ANALYZE) and CHECKPOINT after the maximum phase ...")
-        with psycopg.connect(self.stack.dsn, autocommit=True) as conn:
-            conn.execute("VACUUM (ANALYZE)")
-            conn.execute("CHECKPOINT")
-        self.results["settle_s"] = round(time.monotonic() - started, 1)
+        self.results["settle_s"] = round(settle(self.stack.dsn), 1)
 
     # 4
     def latency(self, gateway: GatewayProcess, rate: float, suffix: str) -> None:

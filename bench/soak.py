@@ -7,7 +7,8 @@
    durable PostgreSQL/TimescaleDB, --cars car connections from --publishers processes, and
    `tgw gateway run --workers N` as a subprocess with production defaults.
 2. Maximum: offered more than it takes (closed loop, at most --backlog messages ahead),
-   5 s warm-up, --max-seconds measured: the committed rate from the database's commit times.
+   5 s warm-up, --max-seconds measured: the committed rate from the database's commit times;
+   then that phase's upkeep (VACUUM ANALYZE, CHECKPOINT) before the soak starts.
    --rate skips this and soaks at that rate instead.
 3. Soak: a steady rate of half that maximum for BENCH_SECONDS, cut into --window windows. Per
    window: the gateway's largest RSS (all its processes, sampled ten times a second) and the
@@ -33,7 +34,7 @@ import psutil
 
 from bench._gateway import GatewayProcess
 from bench._harness import bench_seconds, finish, stop_on_sigterm, table, work_dir
-from bench._measure import committed_between, integrity, latency
+from bench._measure import committed_between, integrity, latency, settle
 from bench._phases import Load, Meters, drain, drive, postgres_pids, say, tree
 from bench._stack import BenchStack
 from gateway.logconfig import configure_logging
@@ -143,6 +144,9 @@ class Soak:
         self.meters.add("gateway", gateway.processes)
         try:
             rate = options.rate or self.maximum(gateway, since) / 2
+            if not options.rate:
+                say("settling: VACUUM (ANALYZE) and CHECKPOINT after the maximum phase ...")
+                self.results["settle_s"] = round(settle(self.stack.dsn), 1)
             self.soak(gateway, rate)
             self.load.quiesce()
             expected = self.load.acked - acked_before - self.load.refused
