@@ -104,10 +104,9 @@ def commands_router(service: CommandService) -> APIRouter:
         body: CommandRequest,
         *,
         request: Request,
-        response: Response,
         principal: Annotated[Principal, Depends(require(Role.OPERATOR))],
         idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-    ) -> CommandRecord:
+    ) -> Response:
         key = body.idempotency_key or idempotency_key
         new = NewCommand(
             vin=_vin(vin),
@@ -123,10 +122,14 @@ def commands_router(service: CommandService) -> APIRouter:
             record, created = await service.request(new)
         except CommandRefusedError as exc:
             raise _refused(exc) from exc
-        response.headers["Location"] = f"/v1/commands/{record.command_id}"
+        headers = {"Location": f"/v1/commands/{record.command_id}"}
         if not created:
-            response.headers["Idempotent-Replayed"] = "true"
-        return record
+            headers["Idempotent-Replayed"] = "true"
+        # Serialized once: returned as a model, FastAPI would validate it again and dump it
+        # through its encoder (the response_model above still documents it).
+        return Response(
+            record.model_dump_json(), 202, headers=headers, media_type="application/json"
+        )
 
     @router.get(
         "/v1/vehicles/{vin}/commands",
