@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shutil
 import statistics
@@ -450,6 +451,20 @@ class CommandsBenchmark:
             max(0.0, 100 * cores - busy) * 10 / per["total"], 1
         )
 
+    def _ceilings(self) -> None:
+        """What the benchmark itself could drive, so that a rate is never its own limit: the
+        operator process at a whole core (its CPU per command in the throughput phase), and
+        the closed loop's window at the idle phase's median latency (Little's law)."""
+        rate = self.results.get("commands_per_s")
+        operator = self.cpu.get("throughput", {}).get("operator")
+        if rate and operator:
+            self.results["operator_ceiling_commands_per_s"] = round(100 * rate / operator)
+        idle_p50 = self.results.get("p50_ms")
+        if idle_p50 and not math.isnan(idle_p50):
+            self.results["window_ceiling_commands_per_s"] = round(
+                1000 * self.options.window / idle_p50
+            )
+
     def _car_counters(self) -> None:
         controls = [host.control for host in self.hosts]
         self.results["cars_said"] = {
@@ -474,6 +489,7 @@ class CommandsBenchmark:
         self.results["cpu_ms_per_command"] = idle
         self.results["cpu_ms_per_command_throughput"] = throughput
         self._capacity(throughput or idle)
+        self._ceilings()
         self.results["cpu_pct"] = {
             phase: {k: round(v) for k, v in cpu.items()} for phase, cpu in self.cpu.items()
         }
@@ -534,6 +550,8 @@ _TABLE = (
     ("p99_ms_loaded", "1,000 cars streaming at 1 Hz (target <= 150)"),
     ("commands_per_s", "executed per second, window outstanding, fleet streaming (>= 500)"),
     ("commands_per_s_cpu_bound", "estimate: the cores the telemetry leaves / CPU per command"),
+    ("operator_ceiling_commands_per_s", "the bench's operator at a whole core (its own limit)"),
+    ("window_ceiling_commands_per_s", "window / idle p50 latency (the closed loop's limit)"),
     ("p50_ms_throughput", "latency at that rate"),
     ("p99_ms_throughput", "latency at that rate"),
     ("verified_p50_ms", "request -> verified (telemetry confirmed), idle"),
