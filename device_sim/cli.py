@@ -184,6 +184,7 @@ def _fleet(
     driving_interval: float | None,
     parked_interval: float | None,
     connect_rate: float | None,
+    connect_concurrency: int | None,
     queue_dir: Path | None,
     queue_max: int | None,
     progress_every: float,
@@ -209,6 +210,7 @@ def _fleet(
                 "ledger_file": ledger,
                 "driving_share": driving_share,
                 "connect_rate_per_s": connect_rate,
+                "connect_concurrency": connect_concurrency,
             },
         )
         credentials_file = settings.fleet.credentials_file
@@ -298,6 +300,12 @@ def fleet(
     connect_rate: Annotated[
         float | None, typer.Option("--connect-rate", help="Cars connecting per second [500].")
     ] = None,
+    connect_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--connect-concurrency", help="Connection handshakes in progress at once [64]."
+        ),
+    ] = None,
     queue_dir: QueueDirOpt = None,
     queue_max: Annotated[
         int | None, typer.Option("--queue-max", help="Rows each car's queue holds [100000].")
@@ -366,6 +374,7 @@ def fleet(
         driving_interval=driving_interval,
         parked_interval=parked_interval,
         connect_rate=connect_rate,
+        connect_concurrency=connect_concurrency,
         queue_dir=queue_dir,
         queue_max=queue_max,
         progress_every=progress_every,

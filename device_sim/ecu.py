@@ -9,7 +9,10 @@ and immobilizer requests the telematics unit writes, and answers with its status
 from __future__ import annotations
 
 import asyncio
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import can
 import structlog
@@ -18,7 +21,7 @@ from cantools.database.errors import DecodeError
 
 from device_sim.canbus import FrameBus
 from device_sim.codec import FrameEncoder, WireValue
-from device_sim.profiles import SignalProfile
+from device_sim.profiles import SignalMapping, SignalProfile
 
 __all__ = ["BodyBehaviour", "SimulatedEcus", "VehicleState"]
 
@@ -50,11 +53,25 @@ class VehicleState:
 
     def wire_values(self) -> dict[str, WireValue]:
         """Every wire signal of this state, by wire name."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "immobilized"}
+        return {name: getattr(self, name) for name in _WIRE_FIELDS}
 
     @property
     def doors_closed(self) -> bool:
         return not any(getattr(self, name) for name in _DOOR_FIELDS)
+
+
+_WIRE_FIELDS = tuple(f.name for f in fields(VehicleState) if f.name != "immobilized")
+
+
+def _values_getter(wires: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function returning the state's values of `wires`, as a tuple."""
+    if not wires:
+        return lambda state: ()
+    getter = operator.attrgetter(*wires)
+    if len(wires) == 1:
+        # attrgetter of one name returns the value itself, of several a tuple.
+        return lambda state: (getter(state),)
+    return getter
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +112,13 @@ class SimulatedEcus:
         self.body = body or BodyBehaviour()
         self._bus = bus
         self._encoder = encoder or FrameEncoder(profile)
-        # Per message: the wire signals it carries; and what it last carried.
-        self._inputs = []
+        # Per message: the mappings it carries and a getter of their wire values (a tuple);
+        # and what it last carried.
+        self._inputs: list[tuple[Message, tuple[SignalMapping, ...], Callable[[Any], Any]]] = []
         for message in self._encoder.messages:
-            mappings = tuple(m for m in profile.mappings if m.message is message)
-            self._inputs.append((message, mappings, tuple(m.wire for m in mappings)))
+            mappings = self._encoder.mappings_of(message)
+            wires = [m.wire for m in mappings]
+            self._inputs.append((message, mappings, _values_getter(wires)))
         self._last_values: dict[int, tuple[object, ...]] = {}
         self._last_inputs: dict[int, tuple[object, ...]] = {}
         self.requests_seen = 0
@@ -140,21 +159,24 @@ class SimulatedEcus:
         """
         state = self.state
         immobilized = state.immobilized
-        values: dict[str, WireValue] | None = None
+        last_values, last_inputs = self._last_values, self._last_inputs
+        encode_raw = self._encoder.encode_raw
         sent = 0
-        for message, mappings, wires in self._inputs:
+        for message, mappings, getter in self._inputs:
             frame_id = message.frame_id
-            current = (immobilized, *[getattr(state, wire) for wire in wires])
-            if self._last_values.get(frame_id) == current:
+            wire_values = getter(state)
+            current = (immobilized, wire_values)
+            if last_values.get(frame_id) == current:
                 continue
-            self._last_values[frame_id] = current
-            raw = (immobilized, *[m.wire_to_raw(getattr(state, m.wire)) for m in mappings])
-            if self._last_inputs.get(frame_id) == raw:
+            last_values[frame_id] = current
+            raws = tuple(
+                [m.wire_to_raw(value) for m, value in zip(mappings, wire_values, strict=True)]
+            )
+            raw = (immobilized, raws)
+            if last_inputs.get(frame_id) == raw:
                 continue
-            self._last_inputs[frame_id] = raw
-            if values is None:
-                values = state.wire_values()
-            self._bus.send(self._encoder.encode(message, values, immobilized=immobilized))
+            last_inputs[frame_id] = raw
+            self._bus.send(encode_raw(message, raws, immobilized=immobilized))
             sent += 1
         return sent
 

@@ -199,9 +199,10 @@ class Fleet:
                 ledger = csv_ledger
             # Tens of thousands of long-lived objects (cars, profiles): build them without the
             # cyclic GC walking them again and again, then move them out of its sight.
+            slots = asyncio.Semaphore(max(1, settings.fleet.connect_concurrency // self.parts))
             gc.disable()
             try:
-                self.cars = self._build(store, ledger)
+                self.cars = self._build(store, ledger, slots)
             finally:
                 gc.enable()
             gc.collect()
@@ -249,7 +250,9 @@ class Fleet:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), duration_s)
 
-    def _build(self, store: OutboxStore, ledger: Ledger) -> list[SimulatedCar]:
+    def _build(
+        self, store: OutboxStore, ledger: Ledger, connect_slots: asyncio.Semaphore
+    ) -> list[SimulatedCar]:
         settings = self.settings
         fleet = settings.fleet
         city = CITIES[fleet.city]
@@ -293,6 +296,7 @@ class Fleet:
                 rng=random.Random(f"tgw-jitter:{fleet.seed}:{index}"),  # noqa: S311
                 sample_externally=True,  # sampled from the car's own loop: one task per car
                 verifier=verifier,
+                connect_slots=connect_slots,
             )
             cars.append(SimulatedCar(local_index, vin, profile, state, behaviour, ecus, unit))
         return cars

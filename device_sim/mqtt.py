@@ -304,6 +304,8 @@ class MqttLink:
         on_message: called on the loop for every message the broker delivers.
         max_inflight: QoS 1 messages awaiting PUBACK at once (the broker's Receive Maximum
             lowers it); more are held here and sent as acknowledgements come in.
+        connect_slots: shared by the links of a fleet: how many may be between their TCP
+            connect and their CONNACK at once (the rest wait their turn).
     """
 
     def __init__(
@@ -324,8 +326,10 @@ class MqttLink:
         tls_ca_file: Path | None = None,
         tls_cert_file: Path | None = None,
         tls_key_file: Path | None = None,
+        connect_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self._host, self._port = host, port
+        self._connect_slots = connect_slots
         self._client_id, self._username, self._password = client_id, username, password
         self._on_message = on_message
         self._will = will
@@ -355,8 +359,20 @@ class MqttLink:
         if self._entered:
             raise BrokerError("an MqttLink connects once; make a new one to reconnect")
         self._entered = True
-        where = f"{self._host}:{self._port}"
         context = self._tls_context()
+        slots = self._connect_slots
+        if slots is None:
+            await self._open(context)
+        else:
+            # Bounded handshakes at once: a burst of SYNs would overflow the broker's listen
+            # queue, and the kernel retransmits a dropped one only after 1, 3, 7 s.
+            async with slots:
+                await self._open(context)
+        _Housekeeper.for_loop(self._loop).add(self)
+        return self
+
+    async def _open(self, context: ssl.SSLContext | None) -> None:
+        where = f"{self._host}:{self._port}"
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._loop.create_connection(
@@ -377,8 +393,6 @@ class MqttLink:
         except BrokerError:
             self._close_transport()
             raise
-        _Housekeeper.for_loop(self._loop).add(self)
-        return self
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self._tls_ca_file is None:

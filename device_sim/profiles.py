@@ -19,7 +19,7 @@ import importlib.util
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,25 +142,45 @@ class SignalMapping:
     dbc_minimum: float | None  # physical range of the DBC signal (profile may narrow it)
     dbc_maximum: float | None
     spec: SignalSpec
+    # Read from `signal` once: cantools computes them on every access, and a fleet converts
+    # thousands of values a second.
+    _dbc_scale: float = field(init=False, repr=False, compare=False)
+    _dbc_offset: float = field(init=False, repr=False, compare=False)
+    _dbc_float: bool = field(init=False, repr=False, compare=False)
+    _raw_true: int = field(init=False, repr=False, compare=False)
+    _raw_false: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        signal = self.signal
+        put = object.__setattr__  # frozen: set once, here
+        put(self, "_dbc_scale", float(signal.scale))
+        put(self, "_dbc_offset", float(signal.offset))
+        put(self, "_dbc_float", bool(signal.is_float))
+        raw_true = raw_false = 0
+        if self.is_bool:
+            raw_true = min(self.true_raw)
+            if self.false_raw:
+                raw_false = min(self.false_raw)
+            else:
+                raw_false = next(r for r in range(1 << signal.length) if r not in self.true_raw)
+        put(self, "_raw_true", raw_true)
+        put(self, "_raw_false", raw_false)
 
     def raw_to_physical(self, raw: float) -> float:
         """The DBC physical value of a raw signal value."""
-        return float(raw) * float(self.signal.scale) + float(self.signal.offset)
+        return float(raw) * self._dbc_scale + self._dbc_offset
 
     def physical_to_raw(self, physical: float) -> int | float:
         """The raw value that encodes `physical` (integers unless the signal is a float)."""
-        raw = (physical - float(self.signal.offset)) / float(self.signal.scale)
-        return raw if self.signal.is_float else round(raw)
+        raw = (physical - self._dbc_offset) / self._dbc_scale
+        return raw if self._dbc_float else round(raw)
 
     def wire_to_raw(self, value: float | bool) -> int | float:
         """The raw DBC value that carries wire value `value` (used by the ECU models)."""
         if self.is_bool:
-            if value:
-                return min(self.true_raw)
-            if self.false_raw:
-                return min(self.false_raw)
-            return next(r for r in range(1 << self.signal.length) if r not in self.true_raw)
-        return self.physical_to_raw((float(value) - self.offset) / self.scale)
+            return self._raw_true if value else self._raw_false
+        raw = ((float(value) - self.offset) / self.scale - self._dbc_offset) / self._dbc_scale
+        return raw if self._dbc_float else round(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,9 @@ class FleetSettings(_Section):
     ledger_file: Path | None = None
     driving_share: float = Field(default=0.35, ge=0, le=1)
     connect_rate_per_s: float = Field(default=500.0, gt=0)
+    # Connection handshakes (TCP connect to CONNACK) in progress at once, the whole fleet:
+    # below the broker's listen backlog (Mosquitto: 100), so a burst never overflows it.
+    connect_concurrency: int = Field(default=64, ge=1)
 
 
 class CommandTrustSettings(_Section):

@@ -201,6 +201,7 @@ class TelematicsUnit:
         faults: fault injection (fleet).
         rng: random source of the reconnect jitter (seed it for determinism).
         sample_externally: the owner calls `sample_tick` (a fleet); no sampler task.
+        connect_slots: a fleet's bound on connection handshakes in progress at once.
     """
 
     def __init__(
@@ -219,6 +220,7 @@ class TelematicsUnit:
         faults: UnitFaults | None = None,
         rng: random.Random | None = None,
         sample_externally: bool = False,
+        connect_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.vin = parse_vin(vin)
         self.profile = profile
@@ -266,6 +268,7 @@ class TelematicsUnit:
         self._offline_until = 0.0
         self._busy = False
         self._sample_externally = sample_externally
+        self._connect_slots = connect_slots
         self._first_values_at: float | None = None
         self._last_sample_at: float | None = None
         self._inflight = 0  # live messages awaiting their PUBACK
@@ -355,7 +358,8 @@ class TelematicsUnit:
             return False
         now_ms = self._clock.now_ms()
         seq = next(self._seq)
-        sample = TelemetrySample(seq=seq, ts=now_ms, signals=signals)
+        # Built from checked parts (the snapshot, the counter, the clock): not validated again.
+        sample = TelemetrySample.model_construct(seq=seq, ts=now_ms, signals=signals)
         body = sample.model_dump_json(exclude_none=True)
         self._append(OutboxKind.SAMPLE, seq=seq, ts=now_ms, body=body, model=sample)
         self.counters.samples += 1
@@ -493,6 +497,7 @@ class TelematicsUnit:
             tls_ca_file=mqtt.tls_ca_file,
             tls_cert_file=mqtt.tls_cert_file,
             tls_key_file=mqtt.tls_key_file,
+            connect_slots=self._connect_slots,
         )
 
     async def _run_session(self) -> None:

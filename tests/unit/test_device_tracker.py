@@ -19,6 +19,7 @@ from schemas.events import (
     LowVoltageEvent,
     SignalOutOfRangeEvent,
 )
+from schemas.signals import Signals
 
 pytestmark = pytest.mark.unit
 
@@ -96,6 +97,9 @@ def test_snapshot_and_moving() -> None:
     snapshot = tracker.snapshot()
     assert snapshot is not None
     assert snapshot.lat == 48.1
+    # Built without validating again (hot path): it is what validation would have built.
+    assert Signals.model_validate(snapshot.present()) == snapshot
+    assert Signals.model_validate_json(snapshot.model_dump_json()) == snapshot
 
 
 async def test_wait_for_a_state() -> None:
