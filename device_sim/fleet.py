@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import heapq
 import random
 import resource
 import time
@@ -41,6 +42,8 @@ __all__ = ["Fleet", "FleetFaults", "FleetProgress", "FleetSummary", "SimulatedCa
 
 _log = structlog.get_logger(__name__)
 _STOP_GRACE_S = 15.0
+_TICK_BATCH = 500  # cars stepped between two turns of the event loop
+_TICK_MAX_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ class FleetSummary:
 
 @dataclass(slots=True)
 class SimulatedCar:
-    """One car of the fleet: state, behaviour, ECUs, unit."""
+    """One car of the fleet: state, behaviour, ECUs, unit (and when the ticker steps it)."""
 
     index: int
     vin: str
@@ -129,6 +132,9 @@ class SimulatedCar:
     behaviour: CarBehaviour
     ecus: SimulatedEcus
     unit: TelematicsUnit
+    running: bool = False
+    last_step: float = 0.0
+    next_step: float = 0.0
 
 
 class Fleet:
@@ -158,6 +164,8 @@ class Fleet:
         self._progress_interval_s = progress_interval_s
         self._stopping = asyncio.Event()
         self.cars: list[SimulatedCar] = []
+        # The ticker's schedule: (loop time due, car index, car), earliest first.
+        self._due: list[tuple[float, int, SimulatedCar]] = []
         self.part, self.parts = part
         fleet = settings.fleet
         # Part k of n runs cars k, k+n, k+2n, ...: every part gets its share of each model.
@@ -218,6 +226,7 @@ class Fleet:
                     for car in self.cars
                 ]
                 watchers = [
+                    tasks.create_task(self._tick_loop(), name="fleet-ticker"),
                     tasks.create_task(self._progress_loop(started), name="fleet-progress"),
                     tasks.create_task(
                         self._connect_watch(started, connect_s), name="fleet-connect"
@@ -309,26 +318,37 @@ class Fleet:
         if self._stopping.is_set():
             return
         car.ecus.send_all()
-        async with asyncio.TaskGroup() as tasks:
-            unit_task = tasks.create_task(car.unit.run(), name=f"unit:{car.vin}")
-            driver = tasks.create_task(self._drive(car), name=f"drive:{car.vin}")
-            await unit_task
-            driver.cancel()
+        now = asyncio.get_running_loop().time()
+        car.running, car.last_step, car.next_step = True, now, now
+        heapq.heappush(self._due, (now, car.index, car))
+        try:
+            await car.unit.run()
+        finally:
+            car.running = False  # the ticker drops it
 
-    @staticmethod
-    async def _drive(car: SimulatedCar) -> None:
+    async def _tick_loop(self) -> None:
+        """Step every running car when it is due, from this one task.
+
+        A task and a timer per car cost more than the step itself at thousands of cars: one
+        ticker pops the cars that are due (their driving model and ECUs, then the unit's
+        sampling policy) and schedules each again; it yields to the loop between batches.
+        """
         loop = asyncio.get_running_loop()
-        last = loop.time()
-        next_step = last
+        due = self._due
         while True:
             now = loop.time()
-            if now >= next_step:
-                next_step = now + car.behaviour.advance(now - last)
-                last = now
-                car.ecus.send_changed()
-            # The unit's frames are decoded by now: its sampling policy runs in this loop too.
-            next_sample = now + car.unit.sample_tick(now)
-            await asyncio.sleep(max(0.0, min(next_step, next_sample) - loop.time()))
+            stepped = 0
+            while due and due[0][0] <= now and stepped < _TICK_BATCH:
+                _, index, car = heapq.heappop(due)
+                stepped += 1
+                if car.running:
+                    heapq.heappush(due, (_step(car, now), index, car))
+            if stepped < _TICK_BATCH:
+                # New cars join with "due now": look again within _TICK_MAX_S at the latest.
+                wait = min(due[0][0] - loop.time(), _TICK_MAX_S) if due else _TICK_MAX_S
+                await asyncio.sleep(max(wait, 0.0))
+            else:
+                await asyncio.sleep(0)  # a long batch: let the network in
 
     async def _connect_watch(self, started: float, result: list[float]) -> None:
         # Wait until every car has connected once (connected is set per session).
@@ -413,6 +433,16 @@ class Fleet:
             sim_cpu_pct=round(100 * cpu / elapsed, 1) if elapsed > 0 else 0.0,
             sim_rss_mb=round(_rss_mb(), 1),
         )
+
+
+def _step(car: SimulatedCar, now: float) -> float:
+    """Step one car at loop time `now`; return when it is next due."""
+    if now >= car.next_step:
+        car.next_step = now + car.behaviour.advance(now - car.last_step)
+        car.last_step = now
+        car.ecus.send_changed()
+    # The unit has decoded the frames by now: its sampling policy runs in the same step.
+    return min(car.next_step, now + car.unit.sample_tick(now))
 
 
 def ledger_part(path: Path, part: int, parts: int) -> Path:
