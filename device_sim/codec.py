@@ -33,6 +33,8 @@ __all__ = [
 
 WireValue = float | bool
 
+_FRAME_CACHE_SIZE = 50_000  # encoded frames kept per encoder (cleared when full)
+
 
 @dataclass(frozen=True, slots=True)
 class OutOfRange:
@@ -79,6 +81,12 @@ class _Plan:
     readers: tuple[_Reader, ...]
     immobilizer_signal: str | None
     immobilized_raw: frozenset[int]
+
+
+# Raw values by (message, payload), shared by every decoder of the process: in a fleet, many
+# cars send the same frame (a speed, a door state), and the values are only ever read.
+_RAW_VALUES: dict[tuple[Message, bytes], Mapping[str, object]] = {}
+_RAW_VALUES_SIZE = 50_000
 
 
 def _digits(resolution: float) -> int:
@@ -149,12 +157,21 @@ class FrameDecoder:
     def _raw_values(plan: _Plan, frame: can.Message, data: bytes) -> Mapping[str, object] | None:
         if frame.is_error_frame or frame.is_remote_frame or len(data) != plan.message.length:
             return None
+        key = (plan.message, data)
+        cached = _RAW_VALUES.get(key)
+        if cached is not None:
+            return cached
         try:
             raw_values = plan.message.decode(data, decode_choices=False, scaling=False)
         except (DecodeError, ValueError):
             return None
         # Container (multiplexed PDU) messages decode to a list; profiles do not read them.
-        return raw_values if isinstance(raw_values, dict) else None
+        if not isinstance(raw_values, dict):
+            return None
+        if len(_RAW_VALUES) >= _RAW_VALUES_SIZE:
+            _RAW_VALUES.clear()
+        _RAW_VALUES[key] = raw_values
+        return raw_values
 
     def _interpret(self, plan: _Plan, raw_values: Mapping[str, object]) -> Decoded:
         counters = self.counters
@@ -212,6 +229,8 @@ class FrameEncoder:
 
     def __init__(self, profile: SignalProfile) -> None:
         self.profile = profile
+        self._frames: dict[tuple[int, bool, tuple[int | float, ...]], can.Message] = {}
+        self.cache_hits = self.cache_misses = 0
         self._base: dict[int, dict[str, int | float]] = {}
         self._mappings: dict[int, tuple[SignalMapping, ...]] = {}
         grouped: dict[int, list[SignalMapping]] = {}
@@ -234,6 +253,20 @@ class FrameEncoder:
     ) -> can.Message:
         """The frame for raw values already converted by the caller (`SignalMapping.wire_to_raw`
         of each of `mappings_of(message)`, in order): the simulated ECUs' hot path."""
+        key = (message.frame_id, immobilized, raws)
+        cached = self._frames.get(key)
+        if cached is not None:
+            self.cache_hits += 1
+            return cached
+        self.cache_misses += 1
+        if len(self._frames) >= _FRAME_CACHE_SIZE:
+            self._frames.clear()
+        frame = self._frames[key] = self._encode_raw(message, raws, immobilized=immobilized)
+        return frame
+
+    def _encode_raw(
+        self, message: Message, raws: tuple[int | float, ...], *, immobilized: bool
+    ) -> can.Message:
         raw = dict(self._base[message.frame_id])
         bounds = _bounds(message)
         for mapping, value in zip(self._mappings[message.frame_id], raws, strict=True):
