@@ -63,7 +63,8 @@ _CONNECT_TIMEOUT_S = 600.0
 class Options:
     vehicles: int
     processes: int
-    connect_rate: float
+    connect_rate: float | None
+    connect_concurrency: int | None
     seconds: float
     warmup_s: float
     seed: int
@@ -107,6 +108,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="cars connecting per second, the whole fleet [tgw sim fleet's default]",
     )
     parser.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=None,
+        help="connection handshakes in progress at once, the whole fleet [tgw sim fleet's]",
+    )
+    parser.add_argument(
         "--warmup", type=float, default=5.0, help="seconds after the last connect [5]"
     )
     parser.add_argument("--seed", type=int, default=1, help="the fleet's seed [1]")
@@ -136,6 +143,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         vehicles=args.vehicles,
         processes=processes,
         connect_rate=args.connect_rate,
+        connect_concurrency=args.connect_concurrency,
         seconds=bench_seconds(_DEFAULT_SECONDS),
         warmup_s=args.warmup,
         seed=args.seed,
@@ -168,6 +176,7 @@ class FleetBenchmark:
                 parked_interval_s=options.parked_interval_s,
                 driving_share=options.driving_share,
                 connect_rate=options.connect_rate,
+                connect_concurrency=options.connect_concurrency,
                 progress_every_s=1.0,
             ),
             (broker.broker.host, broker.broker.port),
@@ -443,6 +452,7 @@ def run(options: Options) -> dict[str, Any]:
     return results | {
         "processes": options.processes,
         "connect_rate": options.connect_rate,
+        "connect_concurrency": options.connect_concurrency,
         "expected_msgs_per_s": round(options.expected_msgs_per_s),
         "driving_share": options.driving_share,
         "bench_seconds": options.seconds,
