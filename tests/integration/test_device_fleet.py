@@ -117,3 +117,23 @@ def test_a_fleet_without_accounts_is_told_what_to_do(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "tgw sim credentials --cars 3" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+async def test_a_burst_of_connects_is_let_through_a_few_at_a_time(
+    mqtt_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # Every car's turn comes at once (10,000 a second); one handshake in progress at a time.
+    credentials = _provision(mqtt_broker, tmp_path / "creds.csv", cars=20, seed=8)
+    settings = SimSettings.model_validate(
+        {
+            "mqtt": {"host": mqtt_broker.host, "port": mqtt_broker.port},
+            "unit": {"queue_dir": tmp_path / "q"},
+            "fleet": {"cars": 20, "seed": 8, "connect_rate_per_s": 10_000,
+                      "connect_concurrency": 1},
+        }
+    )  # fmt: skip
+    fleet = Fleet(settings, credentials)
+    summary = await fleet.run(duration_s=4.0)
+    assert summary.connect_s is not None
+    assert summary.connected == summary.sessions == 20
+    assert summary.connect_failures == 0
