@@ -153,9 +153,34 @@ stage; the row count is the number stored now (staged minus that: duplicates).""
 
 # --- latest state ---------------------------------------------------------------------------
 
+# Both latest-state statements end so: each signal keeps its value where the sample has none,
+# and a row older than the stored state changes nothing.
+_MERGE_FORWARD: Final = """ON CONFLICT (vin) DO UPDATE SET
+    time = EXCLUDED.time,
+    boot_id = EXCLUDED.boot_id,
+    seq = EXCLUDED.seq,
+    lat = COALESCE(EXCLUDED.lat, ls.lat),
+    lon = COALESCE(EXCLUDED.lon, ls.lon),
+    heading = COALESCE(EXCLUDED.heading, ls.heading),
+    speed = COALESCE(EXCLUDED.speed, ls.speed),
+    fuel = COALESCE(EXCLUDED.fuel, ls.fuel),
+    soc = COALESCE(EXCLUDED.soc, ls.soc),
+    odometer = COALESCE(EXCLUDED.odometer, ls.odometer),
+    batt_v = COALESCE(EXCLUDED.batt_v, ls.batt_v),
+    ignition = COALESCE(EXCLUDED.ignition, ls.ignition),
+    locked = COALESCE(EXCLUDED.locked, ls.locked),
+    door_fl_open = COALESCE(EXCLUDED.door_fl_open, ls.door_fl_open),
+    door_fr_open = COALESCE(EXCLUDED.door_fr_open, ls.door_fr_open),
+    door_rl_open = COALESCE(EXCLUDED.door_rl_open, ls.door_rl_open),
+    door_rr_open = COALESCE(EXCLUDED.door_rr_open, ls.door_rr_open),
+    trunk_open = COALESCE(EXCLUDED.trunk_open, ls.trunk_open),
+    updated_at = EXCLUDED.updated_at
+WHERE ls.time <= EXCLUDED.time
+"""
+
 # The common batch holds one sample per car: DISTINCT ON takes it in one sort. Only cars with
 # several fresh samples pay for the per-signal ordered aggregates (a sort per car and signal).
-UPSERT_LATEST_STATE_FROM_STAGE: Final = """
+UPSERT_LATEST_STATE_FROM_STAGE: Final = f"""
 WITH fresh AS MATERIALIZED (
     SELECT s.*
     FROM tgw_stage_telemetry s
@@ -231,28 +256,7 @@ SELECT
 FROM newest n
 LEFT JOIN older o ON o.vin = n.vin
 ORDER BY n.vin
-ON CONFLICT (vin) DO UPDATE SET
-    time = EXCLUDED.time,
-    boot_id = EXCLUDED.boot_id,
-    seq = EXCLUDED.seq,
-    lat = COALESCE(EXCLUDED.lat, ls.lat),
-    lon = COALESCE(EXCLUDED.lon, ls.lon),
-    heading = COALESCE(EXCLUDED.heading, ls.heading),
-    speed = COALESCE(EXCLUDED.speed, ls.speed),
-    fuel = COALESCE(EXCLUDED.fuel, ls.fuel),
-    soc = COALESCE(EXCLUDED.soc, ls.soc),
-    odometer = COALESCE(EXCLUDED.odometer, ls.odometer),
-    batt_v = COALESCE(EXCLUDED.batt_v, ls.batt_v),
-    ignition = COALESCE(EXCLUDED.ignition, ls.ignition),
-    locked = COALESCE(EXCLUDED.locked, ls.locked),
-    door_fl_open = COALESCE(EXCLUDED.door_fl_open, ls.door_fl_open),
-    door_fr_open = COALESCE(EXCLUDED.door_fr_open, ls.door_fr_open),
-    door_rl_open = COALESCE(EXCLUDED.door_rl_open, ls.door_rl_open),
-    door_rr_open = COALESCE(EXCLUDED.door_rr_open, ls.door_rr_open),
-    trunk_open = COALESCE(EXCLUDED.trunk_open, ls.trunk_open),
-    updated_at = EXCLUDED.updated_at
-WHERE ls.time <= EXCLUDED.time
-"""
+{_MERGE_FORWARD}"""  # noqa: S608  # built from this module's constants only
 """Merge the staged samples into `latest_state`: one row per car, only moving forward.
 
 Per car: time, boot id and seq of its newest staged sample, and per signal the newest
@@ -264,7 +268,7 @@ one order and cannot deadlock.
 
 # One candidate per car (the common batch): nothing to merge between samples, so no sort, no
 # aggregate; the conflict clause alone keeps the state moving forward.
-UPSERT_LATEST_STATE_ONE_PER_CAR: Final = """
+UPSERT_LATEST_STATE_ONE_PER_CAR: Final = f"""
 INSERT INTO latest_state AS ls (
     vin, time, boot_id, seq,
     lat, lon, heading, speed, fuel, soc, odometer, batt_v,
@@ -278,28 +282,7 @@ SELECT
     now()
 FROM tgw_stage_telemetry
 ORDER BY vin
-ON CONFLICT (vin) DO UPDATE SET
-    time = EXCLUDED.time,
-    boot_id = EXCLUDED.boot_id,
-    seq = EXCLUDED.seq,
-    lat = COALESCE(EXCLUDED.lat, ls.lat),
-    lon = COALESCE(EXCLUDED.lon, ls.lon),
-    heading = COALESCE(EXCLUDED.heading, ls.heading),
-    speed = COALESCE(EXCLUDED.speed, ls.speed),
-    fuel = COALESCE(EXCLUDED.fuel, ls.fuel),
-    soc = COALESCE(EXCLUDED.soc, ls.soc),
-    odometer = COALESCE(EXCLUDED.odometer, ls.odometer),
-    batt_v = COALESCE(EXCLUDED.batt_v, ls.batt_v),
-    ignition = COALESCE(EXCLUDED.ignition, ls.ignition),
-    locked = COALESCE(EXCLUDED.locked, ls.locked),
-    door_fl_open = COALESCE(EXCLUDED.door_fl_open, ls.door_fl_open),
-    door_fr_open = COALESCE(EXCLUDED.door_fr_open, ls.door_fr_open),
-    door_rl_open = COALESCE(EXCLUDED.door_rl_open, ls.door_rl_open),
-    door_rr_open = COALESCE(EXCLUDED.door_rr_open, ls.door_rr_open),
-    trunk_open = COALESCE(EXCLUDED.trunk_open, ls.trunk_open),
-    updated_at = EXCLUDED.updated_at
-WHERE ls.time <= EXCLUDED.time
-"""
+{_MERGE_FORWARD}"""  # noqa: S608  # built from this module's constants only
 """`UPSERT_LATEST_STATE_FROM_STAGE` for a stage holding at most one sample per car (the same
 result, in one pass)."""
 
