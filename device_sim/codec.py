@@ -96,6 +96,41 @@ def _digits(resolution: float) -> int:
     return math.ceil(-math.log10(resolution)) + 1
 
 
+# Decode plans by profile identity (profiles are cached by the loader); the entry holds the
+# profile, so its id cannot be reused by another object while the entry exists.
+_PLANS: dict[int, tuple[SignalProfile, dict[tuple[int, bool], _Plan]]] = {}
+
+
+def _decode_plans(profile: SignalProfile) -> dict[tuple[int, bool], _Plan]:
+    """What a decoder reads from each frame id of the profile."""
+    plans: dict[int, list[_Reader]] = {}
+    messages: dict[int, Message] = {}
+    for mapping in profile.mappings:
+        resolution = float(mapping.signal.scale) * mapping.scale
+        reader = _Reader(mapping, _digits(resolution), abs(float(mapping.signal.scale)) / 2)
+        plans.setdefault(mapping.message.frame_id, []).append(reader)
+        messages[mapping.message.frame_id] = mapping.message
+    immobilizer = profile.immobilizer
+    if immobilizer is not None:
+        plans.setdefault(immobilizer.status_message.frame_id, [])
+        messages[immobilizer.status_message.frame_id] = immobilizer.status_message
+    result: dict[tuple[int, bool], _Plan] = {}
+    for frame_id, readers in plans.items():
+        message = messages[frame_id]
+        status = (
+            immobilizer
+            if immobilizer is not None and immobilizer.status_message is message
+            else None
+        )
+        result[(frame_id, bool(message.is_extended_frame))] = _Plan(
+            message=message,
+            readers=tuple(readers),
+            immobilizer_signal=status.status_signal.name if status else None,
+            immobilized_raw=status.immobilized_raw if status else frozenset(),
+        )
+    return result
+
+
 class FrameDecoder:
     """Decodes a car's CAN frames into wire signals with one vehicle profile.
 
@@ -106,31 +141,11 @@ class FrameDecoder:
         self.profile = profile
         self.counters = DecodeCounters()
         self._last_payload: dict[tuple[int, bool], bytes] = {}
-        plans: dict[int, list[_Reader]] = {}
-        messages: dict[int, Message] = {}
-        for mapping in profile.mappings:
-            resolution = float(mapping.signal.scale) * mapping.scale
-            reader = _Reader(mapping, _digits(resolution), abs(float(mapping.signal.scale)) / 2)
-            plans.setdefault(mapping.message.frame_id, []).append(reader)
-            messages[mapping.message.frame_id] = mapping.message
-        immobilizer = profile.immobilizer
-        if immobilizer is not None:
-            plans.setdefault(immobilizer.status_message.frame_id, [])
-            messages[immobilizer.status_message.frame_id] = immobilizer.status_message
-        self._plans: dict[tuple[int, bool], _Plan] = {}
-        for frame_id, readers in plans.items():
-            message = messages[frame_id]
-            status = (
-                immobilizer
-                if immobilizer is not None and immobilizer.status_message is message
-                else None
-            )
-            self._plans[(frame_id, bool(message.is_extended_frame))] = _Plan(
-                message=message,
-                readers=tuple(readers),
-                immobilizer_signal=status.status_signal.name if status else None,
-                immobilized_raw=status.immobilized_raw if status else frozenset(),
-            )
+        # Immutable and the same for every car of a model: built once per profile.
+        entry = _PLANS.get(id(profile))
+        if entry is None:
+            entry = _PLANS[id(profile)] = (profile, _decode_plans(profile))
+        self._plans = entry[1]
 
     def decode(self, frame: can.Message) -> Decoded | None:
         """Decode one frame; None when it carries nothing new (unknown, unchanged or garbage)."""

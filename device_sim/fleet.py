@@ -270,6 +270,12 @@ class Fleet:
         faults = self.faults
         # One verifier for every car: the fleet's trust list (none configured: structure only).
         verifier = verifier_for(settings.commands.trusted_keys)
+        # A generator's state is 2.5 KB: one per car only where a car's own sequence matters
+        # (its drives; its message faults when injected). Reconnect jitter needs none.
+        seed = fleet.seed
+        jitter = random.Random(f"tgw-jitter:{seed}:{self.part}")  # noqa: S311
+        message_faults = bool(faults.duplicate_share or faults.malformed_share)
+        no_faults = UnitFaults(rng=jitter)  # never draws
         cars = []
         for local_index, (index, vin, profile_name) in enumerate(self.identities):
             rng = random.Random(f"tgw-car:{fleet.seed}:{index}")  # noqa: S311  (simulation)
@@ -300,10 +306,12 @@ class Fleet:
                 faults=UnitFaults(
                     duplicate_share=faults.duplicate_share,
                     malformed_share=faults.malformed_share,
-                    rng=random.Random(f"tgw-faults:{fleet.seed}:{index}"),  # noqa: S311
-                ),
-                rng=random.Random(f"tgw-jitter:{fleet.seed}:{index}"),  # noqa: S311
-                sample_externally=True,  # sampled from the car's own loop: one task per car
+                    rng=random.Random(f"tgw-faults:{seed}:{index}"),  # noqa: S311
+                )
+                if message_faults
+                else no_faults,
+                rng=jitter,
+                sample_externally=True,  # sampled by the fleet's ticker: no task per car
                 verifier=verifier,
                 connect_slots=connect_slots,
             )
