@@ -27,9 +27,14 @@ from gateway.commands.lifecycle import IN_FLIGHT, Status
 from gateway.commands.metrics import CommandMetrics
 from gateway.commands.models import CommandEvent
 from gateway.commands.signing import CommandSigner, SigningKey
-from gateway.commands.store import ClaimedCommand, CommandStore, DispatchOutcome, SignedCommand
+from gateway.commands.store import (
+    ClaimedCommand,
+    CommandStore,
+    Dispatched,
+    DispatchOutcome,
+    SignedCommand,
+)
 from gateway.config import CommandSettings
-from gateway.errors import BrokerError
 from schemas import TopicKind, command_topic, vehicle_topic
 
 __all__ = ["CommandDispatcher", "CommandPublisher"]
@@ -39,6 +44,7 @@ log = structlog.get_logger(__name__)
 _POLL_S = 1.0
 _MAX_CARS_PER_ROUND = 500
 _CONCURRENCY = 4
+_MAX_CARS_PER_CLAIM = 32  # cars dispatched in one transaction (one commit for all of them)
 _RETRY_NO_SUBSCRIBER_S = 1.0
 _RETRY_ERROR_S = 2.0
 
@@ -113,61 +119,92 @@ class CommandDispatcher:
                     except (psycopg.OperationalError, PoolTimeout) as exc:
                         log.warning("commands.database_unavailable", error=str(exc))
                 now = time.monotonic()
+                batch: list[str] = []
+                unsure: set[str] = set()
                 for vin in dict.fromkeys(vins):
                     if vin in self._claiming or self._retry_at.get(vin, 0.0) > now:
                         continue
                     self._retry_at.pop(vin, None)
                     self._claiming.add(vin)
-                    check = vin in self._unsure
+                    if vin in self._unsure:
+                        unsure.add(vin)
                     self._unsure.discard(vin)
-                    claims.create_task(self._dispatch(vin, check), name=f"dispatch:{vin}")
+                    batch.append(vin)
+                for start in range(0, len(batch), _MAX_CARS_PER_CLAIM):
+                    chunk = batch[start : start + _MAX_CARS_PER_CLAIM]
+                    claims.create_task(
+                        self._dispatch(chunk, unsure.intersection(chunk)),
+                        name=f"dispatch:{chunk[0]}+{len(chunk) - 1}",
+                    )
 
-    async def _dispatch(self, vin: str, check: bool = False) -> None:
+    async def _dispatch(self, vins: list[str], unsure: set[str]) -> None:
+        """Dispatch to `vins` in one transaction; `unsure` ones only if they have a command
+        waiting (they were freed; checked in one statement first)."""
         try:
             async with self._slots:
-                events: list[CommandEvent] = []
-                if check and not await self._store.has_queued(vin):
-                    outcome = DispatchOutcome.NOTHING
-                else:
-                    # The key is chosen first: its id is recorded with `sent`, in the claim.
-                    key = self._signer.key_for(vin)
+                wanted = vins
+                if unsure:
+                    waiting = await self._store.queued_among(sorted(unsure))
+                    wanted = [vin for vin in vins if vin not in unsure or vin in waiting]
+                keys: dict[str, SigningKey] = {}
+                for vin in wanted:
+                    try:
+                        keys[vin] = self._signer.key_for(vin)
+                    except SigningKeyError as exc:
+                        self._failed(vin, "error", exc)
+                if not keys:
+                    return
 
-                    def sign(claimed: ClaimedCommand) -> SignedCommand:
-                        return self._sign(claimed, key)
+                def sign(claimed: ClaimedCommand) -> SignedCommand:
+                    return self._sign(claimed, keys[claimed.vin])
 
-                    outcome, events = await self._store.dispatch(
-                        vin, key.key_id, sign, self._publish
-                    )
-            self._metrics.dispatch.labels(outcome.value).inc()
-            if outcome is DispatchOutcome.NO_SUBSCRIBER:
-                self._retry_at[vin] = time.monotonic() + _RETRY_NO_SUBSCRIBER_S
-                log.info("commands.no_subscriber", vin=vin)
-            elif outcome is DispatchOutcome.REFUSED:
-                log.error("commands.broker_refused", vin=vin)
-            for event in events:
-                log.info(
-                    "commands.transition",
-                    command_id=str(event.command_id),
-                    vin=vin,
-                    status=event.status.value,
+                # The key ids are recorded with `sent`, so the keys are chosen first.
+                outcomes = await self._store.dispatch(
+                    {vin: key.key_id for vin, key in keys.items()}, sign, self._publish
                 )
-                if event.status not in IN_FLIGHT:  # expired or refused: the next may go
-                    self.nudge(vin, maybe=True)
-        except (BrokerError, SigningKeyError) as exc:
-            # The transaction rolled back: the command is still queued; try again shortly.
-            self._metrics.dispatch.labels("error").inc()
-            self._retry_at[vin] = time.monotonic() + _RETRY_ERROR_S
-            log.warning("commands.dispatch_failed", vin=vin, error=str(exc))
+            for vin, dispatched in outcomes.items():
+                self._done(vin, dispatched)
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            self._metrics.dispatch.labels("error").inc()
-            self._retry_at[vin] = time.monotonic() + _RETRY_ERROR_S
-            log.warning("commands.database_unavailable", vin=vin, error=str(exc))
+            for vin in vins:  # rolled back: still queued
+                self._failed(vin, "database_unavailable", exc)
         finally:
-            self._claiming.discard(vin)
-            if vin in self._again:
-                self._again.discard(vin)
-                self._pending.add(vin)
-                self._wake.set()
+            for vin in vins:
+                self._claiming.discard(vin)
+                if vin in self._again:
+                    self._again.discard(vin)
+                    self._pending.add(vin)
+                    self._wake.set()
+
+    def _done(self, vin: str, dispatched: Dispatched) -> None:
+        outcome = dispatched.outcome
+        if outcome is DispatchOutcome.ERROR:
+            assert dispatched.error is not None
+            self._failed(vin, "error", dispatched.error)
+            return
+        self._metrics.dispatch.labels(outcome.value).inc()
+        if outcome is DispatchOutcome.NO_SUBSCRIBER:
+            self._retry_at[vin] = time.monotonic() + _RETRY_NO_SUBSCRIBER_S
+            log.info("commands.no_subscriber", vin=vin)
+        elif outcome is DispatchOutcome.REFUSED:
+            log.error("commands.broker_refused", vin=vin)
+        for event in dispatched.events:
+            log.info(
+                "commands.transition",
+                command_id=str(event.command_id),
+                vin=vin,
+                status=event.status.value,
+            )
+            if event.status not in IN_FLIGHT:  # refused: the next may go
+                self.nudge(vin, maybe=True)
+
+    def _failed(self, vin: str, what: str, exc: Exception) -> None:
+        """Nothing was sent to `vin` (its command is still queued): try again shortly."""
+        self._metrics.dispatch.labels("error").inc()
+        self._retry_at[vin] = time.monotonic() + _RETRY_ERROR_S
+        if what == "database_unavailable":
+            log.warning("commands.database_unavailable", vin=vin, error=str(exc))
+        else:
+            log.warning("commands.dispatch_failed", vin=vin, error=str(exc))
 
     def _sign(self, claimed: ClaimedCommand, key: SigningKey) -> SignedCommand:
         message = self._signer.sign(

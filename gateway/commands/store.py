@@ -10,12 +10,13 @@ slightly different clocks agree.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -40,6 +41,7 @@ from gateway.commands.lifecycle import (
     target_status,
 )
 from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand, Transition
+from gateway.errors import GatewayError
 from schemas import CommandAction, CommandResultMessage, ms_to_datetime
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "ClaimedCommand",
     "CommandStore",
     "DispatchOutcome",
+    "Dispatched",
     "GatewayReason",
     "ResultApplied",
     "SignedCommand",
@@ -178,31 +181,47 @@ _MOVE_ONE = {
 _MOVE_ONE[Status.REJECTED] = _MOVE_ONE[Status.FAILED]
 _MOVE_ONE[Status.EXECUTED] = _MOVE_ONE[Status.FAILED]
 
-# The dispatch lock, tried in the statement before the claim (pipelined with it, one round trip);
-# the claim reads the outcome from this transaction-local setting, so it moves nothing unless
-# the lock was taken, and its snapshot is taken after the lock (it sees what the previous holder
-# committed: the in-flight check cannot be raced).
-_TRY_DISPATCH_LOCK = (
-    "SELECT set_config('tgw.dispatch_locked', "
-    "pg_try_advisory_xact_lock(%s, hashtext(%s))::text, true) = 'true'"
-)
-# Claim the car's oldest queued command and record it `sent`, if the car has none in flight.
+# Dispatch, for one car or many at once, in one transaction of two round trips:
+#   1. BEGIN; try each car's dispatch lock (the cars it got are kept in a transaction-local
+#      setting); claim each locked car's oldest queued command, if it has none in flight
+#      (FOR UPDATE: no result or sweep moves it meanwhile).
+#   2. publish every claimed command and await the PUBACKs; then record `sent` for those the
+#      broker took (and why not for the others) and COMMIT.
+# The claim is a statement of its own, after the locks: its snapshot sees everything the
+# previous holder of a car's lock committed, so the in-flight check cannot be raced.
+_TRY_DISPATCH_LOCKS = """
+SELECT set_config('tgw.dispatch_locked', coalesce(
+           string_agg(v, ',') FILTER (WHERE pg_try_advisory_xact_lock(%s, hashtext(v))), ''),
+       true)
+FROM unnest(%s::text[]) AS v
+"""
 # Commands with under a second left are never sent (message expiry is whole seconds, rounded
 # down); the sweeper expires them at their deadline.
-_CLAIM = _move(
-    """
-    c.id = (
-        SELECT q.id FROM commands q
-        WHERE q.vin = %(vin)s AND q.status = 'queued'
-          AND current_setting('tgw.dispatch_locked', true) = 'true'
-          AND q.expires_at - clock_timestamp() >= interval '1 second'
-          AND NOT EXISTS (SELECT 1 FROM commands f
-                          WHERE f.vin = %(vin)s AND f.status = ANY(%(in_flight)s))
-        ORDER BY q.created_at, q.id LIMIT 1 FOR UPDATE
-    ) AND c.status = 'queued'
-    """,
-    ", sent_at = now(), key_id = %(key_id)s, attempts = c.attempts + 1",
+_CLAIM = """
+SELECT c.id, c.vin, c.action,
+       (extract(epoch FROM c.issued_at) * 1000)::bigint AS issued_ms,
+       (extract(epoch FROM c.expires_at) * 1000)::bigint AS expires_ms,
+       extract(epoch FROM c.expires_at - clock_timestamp())::float8 AS left_s,
+       c.nonce
+FROM unnest(string_to_array(current_setting('tgw.dispatch_locked', true), ',')) AS v (vin),
+LATERAL (
+    SELECT q.id, q.vin, q.action, q.issued_at, q.expires_at, q.nonce FROM commands q
+    WHERE q.vin = v.vin AND q.status = 'queued'
+      AND q.expires_at - clock_timestamp() >= interval '1 second'
+      AND NOT EXISTS (SELECT 1 FROM commands f
+                      WHERE f.vin = v.vin AND f.status = ANY(%(in_flight)s))
+    ORDER BY q.created_at, q.id LIMIT 1 FOR UPDATE
+) c
+"""
+_RECORD_SENT = _move(
+    "c.id = ANY(%(ids)s) AND c.status = 'queued'",
+    ", sent_at = now(), attempts = c.attempts + 1, key_id = ("
+    "SELECT u.key_id FROM unnest(%(ids)s::uuid[], %(key_ids)s::text[]) AS u (id, key_id)"
+    " WHERE u.id = c.id)",
 )
+# The broker has no session for these cars: still queued, offered again later.
+_NO_SUBSCRIBER = "UPDATE commands SET attempts = attempts + 1 WHERE id = ANY(%s)"
+
 
 _EXPIRE_QUEUED = _move(
     "c.id IN (SELECT id FROM commands WHERE status = 'queued' AND expires_at <= now() "
@@ -271,6 +290,17 @@ class DispatchOutcome(StrEnum):
     LOCKED = "locked"  # another dispatcher is at this car right now
     NO_SUBSCRIBER = "no_subscriber"  # the broker has no session for the car: try again later
     REFUSED = "refused"  # the broker refused it: failed
+    ERROR = "error"  # signing or publishing failed: still queued, try again later
+
+
+@dataclass(slots=True)
+class Dispatched:
+    """What a dispatch did for one car: the outcome, its state changes, and any error."""
+
+    outcome: DispatchOutcome
+    events: list[CommandEvent] = field(default_factory=list)
+    error: Exception | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)  # until committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,12 +325,6 @@ Sign = Callable[[ClaimedCommand], SignedCommand]
 """Sign a claimed command (raises `SigningKeyError` when the key cannot be used)."""
 Publish = Callable[[ClaimedCommand, SignedCommand], Awaitable[int]]
 """Publish a signed command; return the PUBACK's reason code value."""
-
-
-class _NotSent(Exception):  # noqa: N818  # control flow: roll back `sent`, then record why
-    def __init__(self, command_id: UUID, reason_code: int) -> None:
-        self.command_id = command_id
-        self.reason_code = reason_code
 
 
 def _event(row: dict[str, Any]) -> CommandEvent:
@@ -522,101 +546,134 @@ class CommandStore:
             )
             return [row[0] for row in await cur.fetchall()]
 
-    async def has_queued(self, vin: str) -> bool:
-        """Whether the car has a command waiting (one statement; `dispatch` decides for sure)."""
+    async def queued_among(self, vins: Sequence[str]) -> set[str]:
+        """Which of the cars have a command waiting (one statement; `dispatch` decides)."""
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM commands WHERE vin = %s AND status = 'queued')",
-                (vin,),
+                "SELECT DISTINCT vin FROM commands WHERE vin = ANY(%s) AND status = 'queued'",
+                (list(vins),),
             )
-            row = await cur.fetchone()
-        return bool(row and row[0])
+            return {row[0] for row in await cur.fetchall()}
 
     async def dispatch(
-        self, vin: str, key_id: str, sign: Sign, publish: Publish
-    ) -> tuple[DispatchOutcome, list[CommandEvent]]:
-        """Send the car's oldest queued command, if it has none in flight.
+        self, key_ids: Mapping[str, str], sign: Sign, publish: Publish
+    ) -> dict[str, Dispatched]:
+        """Send each car's oldest queued command, if it has none in flight.
 
-        In one transaction: take the car's dispatch lock, record its oldest queued command with
-        at least a second left as `sent` (signed with the key `key_id` names), publish it, and
-        commit once the broker acknowledged it (so `sent` is never visible before the PUBACK,
-        and after it only the COMMIT is left: the car's answer waits one round trip less for
-        the row). If publishing fails, or the broker does not take it, the transaction rolls
-        back and the command stays queued (the broker's refusal is then recorded on its own).
-        A queued command with under a second left is never sent; the sweeper expires it.
+        Args:
+            key_ids: the cars, each with the id of the key that will sign its command.
+            sign: signs a claimed command with that key.
+            publish: publishes it and returns the PUBACK's reason code.
+
+        In one transaction (see `_TRY_DISPATCH_LOCKS`): take the cars' dispatch locks, claim
+        their oldest queued commands, publish them, and once the broker acknowledged them
+        record them `sent` and commit (so `sent` is never visible before the PUBACK). A car
+        the broker has no session for keeps its command queued; a command the broker refuses
+        is `failed`; a publish that fails leaves it queued (`error` says why). A queued
+        command with under a second left is never sent; the sweeper expires it.
         """
-        try:
-            return await self._dispatch(vin, key_id, sign, publish)
-        except _NotSent as not_sent:
-            return await self._not_sent(vin, not_sent.command_id, not_sent.reason_code)
-
-    async def _dispatch(
-        self, vin: str, key_id: str, sign: Sign, publish: Publish
-    ) -> tuple[DispatchOutcome, list[CommandEvent]]:
+        outcomes: dict[str, Dispatched] = {}
         async with self._pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
-                # BEGIN, the lock and the claim in one round trip (see _TRY_DISPATCH_LOCK).
-                lock = conn.cursor()
-                await lock.execute(_TRY_DISPATCH_LOCK, (_DISPATCH_LOCK, vin))
+                locks = conn.cursor()
+                await locks.execute(_TRY_DISPATCH_LOCKS, (_DISPATCH_LOCK, list(key_ids)))
                 cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(
-                    _CLAIM,
-                    {
-                        "to": Status.SENT.value,
-                        "vin": vin,
-                        "in_flight": _IN_FLIGHT,
-                        "key_id": key_id,
-                        "actor": GATEWAY_ACTOR,
-                        "transition_detail": None,
-                    },
+                await cur.execute(_CLAIM, {"in_flight": _IN_FLIGHT})
+                claims = [
+                    ClaimedCommand(
+                        command_id=row["id"],
+                        vin=row["vin"],
+                        action=CommandAction(row["action"]),
+                        issued_at_ms=row["issued_ms"],
+                        expires_at_ms=row["expires_ms"],
+                        seconds_left=row["left_s"],
+                        nonce=row["nonce"],
+                    )
+                    for row in await cur.fetchall()
+                ]
+                locked_row = await locks.fetchone()
+                locked = set((locked_row[0] if locked_row else "").split(",")) - {""}
+                for vin in key_ids:
+                    outcomes[vin] = Dispatched(
+                        DispatchOutcome.NOTHING if vin in locked else DispatchOutcome.LOCKED
+                    )
+                if not claims:
+                    return outcomes
+                codes = await asyncio.gather(
+                    *(self._sign_and_publish(claimed, sign, publish) for claimed in claims),
+                    return_exceptions=True,
                 )
-                rows = await cur.fetchall()
-                locked = await lock.fetchone()
-                if not locked or not locked[0]:
-                    return DispatchOutcome.LOCKED, []
-                if not rows:
-                    return DispatchOutcome.NOTHING, []
-                row = rows[0]
-                claimed = ClaimedCommand(
-                    command_id=row["command_id"],
-                    vin=vin,
-                    action=CommandAction(row["action"]),
-                    issued_at_ms=row["issued_ms"],
-                    expires_at_ms=row["expires_ms"],
-                    seconds_left=row["left_s"],
-                    nonce=row["nonce"],
-                )
-                signed = sign(claimed)
-                reason_code = await publish(claimed, signed)
-                if reason_code >= 0x80 or reason_code == 0x10:
-                    raise _NotSent(claimed.command_id, reason_code)
-            # Committed once the broker acknowledged it.
-            return DispatchOutcome.SENT, [_event(row)]
+                await self._record_dispatch(conn, claims, codes, key_ids, outcomes)
+            # Committed: `sent` (and `failed`) are visible, their NOTIFYs on their way.
+            for dispatched in outcomes.values():
+                dispatched.events = [_event(row) for row in dispatched.rows]
+                dispatched.rows = []
+        return outcomes
 
-    async def _not_sent(
-        self, vin: str, command_id: UUID, reason_code: int
-    ) -> tuple[DispatchOutcome, list[CommandEvent]]:
-        """The broker did not take a command (its `sent` was rolled back): record why."""
-        async with self._connection() as conn:
+    @staticmethod
+    async def _sign_and_publish(claimed: ClaimedCommand, sign: Sign, publish: Publish) -> int:
+        return await publish(claimed, sign(claimed))
+
+    async def _record_dispatch(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        claims: list[ClaimedCommand],
+        codes: list[int | BaseException],
+        key_ids: Mapping[str, str],
+        outcomes: dict[str, Dispatched],
+    ) -> None:
+        """What the broker did with each claimed command, in the dispatch transaction."""
+        sent: list[ClaimedCommand] = []
+        absent: list[ClaimedCommand] = []
+        refused: list[tuple[ClaimedCommand, int]] = []
+        for claimed, code in zip(claims, codes, strict=True):
+            if isinstance(code, BaseException):
+                if not isinstance(code, GatewayError):
+                    raise code  # cancelled, or a bug: the transaction rolls back
+                outcomes[claimed.vin] = Dispatched(DispatchOutcome.ERROR, error=code)
+            elif code == 0x10:  # no matching subscribers: the car has no session
+                absent.append(claimed)
+                outcomes[claimed.vin] = Dispatched(DispatchOutcome.NO_SUBSCRIBER)
+            elif code >= 0x80:
+                refused.append((claimed, code))
+            else:
+                sent.append(claimed)
+        cursors: list[psycopg.AsyncCursor[dict[str, Any]]] = []
+        if sent:
             cur = conn.cursor(row_factory=dict_row)
-            if reason_code == 0x10:  # no matching subscribers: the car has no session
-                await cur.execute(
-                    "UPDATE commands SET attempts = attempts + 1 "
-                    "WHERE id = %s AND status = 'queued'",
-                    (command_id,),
-                )
-                return DispatchOutcome.NO_SUBSCRIBER, []
-            events = await self._move_one(
+            await cur.execute(
+                _RECORD_SENT,
+                {
+                    "to": Status.SENT.value,
+                    "ids": [c.command_id for c in sent],
+                    "key_ids": [key_ids[c.vin] for c in sent],
+                    "actor": GATEWAY_ACTOR,
+                    "transition_detail": None,
+                },
+            )
+            cursors.append(cur)
+        if absent:
+            await conn.execute(_NO_SUBSCRIBER, ([c.command_id for c in absent],))
+        for claimed, code in refused:
+            cur = conn.cursor(row_factory=dict_row)
+            await self._move_one(
                 cur,
                 Status.FAILED,
-                command_id,
-                vin=vin,
+                claimed.command_id,
+                vin=claimed.vin,
                 sources=[Status.QUEUED],
                 reason=GatewayReason.BROKER_REFUSED,
-                detail=f"the broker refused the command (reason code 0x{reason_code:02x}): "
+                detail=f"the broker refused the command (reason code 0x{code:02x}): "
                 "check that the gateway's account may write tgw/v1/vehicles/+/commands",
+                fetch=False,
             )
-            return DispatchOutcome.REFUSED, events
+            outcomes[claimed.vin] = Dispatched(DispatchOutcome.REFUSED)
+            cursors.append(cur)
+        for cur in cursors:  # synchronises the pipeline (COMMIT follows as the block ends)
+            for row in await cur.fetchall():
+                if row["status"] == Status.SENT.value:
+                    outcomes[row["vin"]] = Dispatched(DispatchOutcome.SENT)
+                outcomes[row["vin"]].rows.append(row)
 
     async def _move_one(
         self,

@@ -23,6 +23,7 @@ from gateway.commands.lifecycle import ResultEffect
 from gateway.commands.store import (
     ClaimedCommand,
     CommandStore,
+    Dispatched,
     DispatchOutcome,
     SignedCommand,
 )
@@ -56,7 +57,10 @@ async def _create(store: CommandStore, request: NewCommand) -> tuple[Any, bool]:
     return await store.create(request, ttl_s=30, busy_policy="queue", max_queued=2)
 
 
-async def _send(store: CommandStore, vin: str, reason_code: int = 0) -> tuple[Any, ...]:
+async def _send_many(
+    store: CommandStore, codes: dict[str, int]
+) -> tuple[dict[str, Dispatched], list[ClaimedCommand]]:
+    """Dispatch to the cars of `codes` at once; the broker answers each with its code."""
     sent: list[ClaimedCommand] = []
 
     def sign(claimed: ClaimedCommand) -> SignedCommand:
@@ -64,10 +68,15 @@ async def _send(store: CommandStore, vin: str, reason_code: int = 0) -> tuple[An
 
     async def publish(claimed: ClaimedCommand, signed: SignedCommand) -> int:
         sent.append(claimed)
-        return reason_code
+        return codes[claimed.vin]
 
-    outcome, events = await store.dispatch(vin, "key-1", sign, publish)
-    return outcome, events, sent
+    outcomes = await store.dispatch(dict.fromkeys(codes, "key-1"), sign, publish)
+    return outcomes, sent
+
+
+async def _send(store: CommandStore, vin: str, reason_code: int = 0) -> tuple[Any, ...]:
+    outcomes, sent = await _send_many(store, {vin: reason_code})
+    return outcomes[vin].outcome, outcomes[vin].events, sent
 
 
 def _result(command_id: uuid.UUID, vin: str, outcome: str) -> CommandResultMessage:
@@ -199,3 +208,24 @@ async def test_dispatch_sends_the_oldest_one_at_a_time_and_rolls_back_a_refusal(
     record = await store.get(third.command_id)
     assert record is not None
     assert [t.status.value for t in record.transitions or []] == ["queued", "failed"]
+
+
+async def test_one_dispatch_for_many_cars_records_each_cars_outcome(store: CommandStore) -> None:
+    a, _ = await _create(store, _request(_VINS[0]))
+    b, _ = await _create(store, _request(_VINS[1]))
+    outcomes, sent = await _send_many(store, {_VINS[0]: 0x10, _VINS[1]: 0})
+    assert {c.command_id for c in sent} == {a.command_id, b.command_id}
+    assert outcomes[_VINS[0]].outcome is DispatchOutcome.NO_SUBSCRIBER
+    assert outcomes[_VINS[1]].outcome is DispatchOutcome.SENT
+    assert [e.command_id for e in outcomes[_VINS[1]].events] == [b.command_id]
+    first = await store.get(a.command_id)
+    second = await store.get(b.command_id)
+    assert first is not None
+    assert second is not None
+    assert (first.status.value, first.attempts, first.sent_at) == ("queued", 1, None)
+    assert (second.status.value, second.attempts, second.key_id) == ("sent", 1, "key-1")
+    # The car now subscribed: sent; the other has one in flight, so nothing for it.
+    outcomes, sent = await _send_many(store, {_VINS[0]: 0, _VINS[1]: 0})
+    assert [c.command_id for c in sent] == [a.command_id]
+    assert outcomes[_VINS[0]].outcome is DispatchOutcome.SENT
+    assert outcomes[_VINS[1]].outcome is DispatchOutcome.NOTHING

@@ -238,10 +238,17 @@ async def test_stolen_broker_credentials_cannot_unlock_the_car(
         await wait_until(lambda: car.unit.counters.commands_rejected >= 3, what="three rejections")
         assert car.unit.counters.commands_executed == 0
         assert car.state.locked is True
-    # The car's rejections reached the gateway as results for commands it never sent.
-    rows = await fetch(
-        migrated_database, "SELECT count(*) FROM dead_letters WHERE reason = 'unknown_command'"
-    )
+        # The car's rejections reach the gateway as results for commands it never sent (kept
+        # as dead letters; waited for here, before the gateway stops).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = await fetch(
+                migrated_database,
+                "SELECT count(*) FROM dead_letters WHERE reason = 'unknown_command'",
+            )
+            if rows[0][0] >= 3:
+                break
+            await asyncio.sleep(0.05)
     assert rows[0][0] >= 3
 
 
