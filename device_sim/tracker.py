@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from device_sim.codec import Decoded, WireValue
 from schemas.events import (
     BacklogOverflowEvent,
@@ -25,7 +27,7 @@ from schemas.events import (
     LowVoltageEvent,
     SignalOutOfRangeEvent,
 )
-from schemas.signals import Signals
+from schemas.signals import SIGNAL_NAMES, Signals
 
 __all__ = ["EventDraft", "SignalTracker", "TrackerThresholds"]
 
@@ -39,6 +41,11 @@ _DOORS: dict[str, Door] = {
 # Changes that are news at once: the unit sends a fresh sample right after their event.
 _STATE_SIGNALS = frozenset({*_DOORS, "ignition", "locked"})
 _MOVING_KMH = 0.5
+_POSITION = frozenset({"lat", "lon"})
+# |x| in [1e-4, 1e16) or 0: Python's repr(x) and pydantic's JSON write a float the same way
+# (outside, one says 1e-05 and the other 0.00001 or 1e-5).
+_PLAIN_MIN = 1e-4
+_PLAIN_MAX = 1e16
 
 EventModel = (
     type[DoorEvent]
@@ -197,10 +204,39 @@ class SignalTracker:
             present.pop("lon", None)
         if not present:
             return None
-        # Not validated again: every value came from the decoder, which range-checked it
-        # against the same limits (schemas.signals) and made it a float or a bool. The unit
-        # tests hold snapshots to validating; a fleet takes thousands a second.
-        return Signals.model_construct(**present)  # type: ignore[arg-type]
+        try:
+            return Signals.model_validate(present)
+        except ValidationError:
+            # Cannot happen for decoded values (the decoder range-checks them); never crash.
+            return None
+
+    def signals_json(self) -> str | None:
+        """The snapshot's signals as JSON, byte for byte what
+        `snapshot().model_dump_json(exclude_none=True)` writes (None before the first frame).
+
+        Written here for the fleet's hot path (a sample per driving car per second): floats in
+        the range where Python's repr and pydantic's JSON agree are written directly; anything
+        else goes through the model. A unit test holds both to the same output.
+        """
+        values = self.values
+        position = "lat" in values and "lon" in values
+        parts: list[str] = []
+        for name in SIGNAL_NAMES:
+            value = values.get(name)
+            if value is None or (not position and name in _POSITION):
+                continue
+            if value is True:
+                parts.append(f'"{name}":true')
+            elif value is False:
+                parts.append(f'"{name}":false')
+            elif type(value) is float and (value == 0 or _PLAIN_MIN <= abs(value) < _PLAIN_MAX):
+                parts.append(f'"{name}":{value!r}')
+            else:
+                snapshot = self.snapshot()
+                return None if snapshot is None else snapshot.model_dump_json(exclude_none=True)
+        if not parts:
+            return None
+        return "{" + ",".join(parts) + "}"
 
     # -- waiting for a state (command read-back) ----------------------------------------------
 
