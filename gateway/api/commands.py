@@ -68,7 +68,10 @@ def _vin(vin: str) -> str:
 
 
 def _refused(exc: CommandRefusedError) -> Problem:
-    return Problem(exc.status, exc.kind, str(exc))
+    headers = None
+    if exc.retry_after_s is not None:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return Problem(exc.status, exc.kind, str(exc), headers=headers)
 
 
 def _sse(event: CommandEvent | None) -> bytes:
@@ -116,10 +119,11 @@ def commands_router(service: CommandService) -> APIRouter:
             idempotency_key=key,
         )
         limiter: CommandRateLimiter | None = request.app.state.command_rate_limiter
-        if limiter is not None:
-            await limiter.check(principal.name, new.vin, key)
         try:
-            record, created = await service.request(new)
+            # The rate limits are counted in the transaction that creates the command.
+            record, created = await service.request(
+                new, limits=limiter.limits if limiter is not None else None
+            )
         except CommandRefusedError as exc:
             raise _refused(exc) from exc
         headers = {"Location": f"/v1/commands/{record.command_id}"}

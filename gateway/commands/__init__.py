@@ -13,7 +13,13 @@ from gateway.commands.errors import (
     SigningKeyError,
 )
 from gateway.commands.lifecycle import FINAL, Status, is_success
-from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand
+from gateway.commands.models import (
+    CommandEvent,
+    CommandPage,
+    CommandRecord,
+    NewCommand,
+    RateLimits,
+)
 from gateway.commands.runtime import CommandSystem
 from gateway.commands.service import CommandService
 from gateway.commands.signing import (
@@ -35,6 +41,7 @@ __all__ = [
     "CommandSystem",
     "NewCommand",
     "PublishError",
+    "RateLimits",
     "SigningKey",
     "SigningKeyError",
     "Status",

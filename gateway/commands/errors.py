@@ -29,12 +29,16 @@ class CommandRefusedError(CommandError):
         message: what was wrong, for a person.
         status: the HTTP status the API answers with.
         kind: a stable slug for the problem type (`unknown-vehicle`, `unsupported-action`, ...).
+        retry_after_s: when trying again may work (a rate limit), for `Retry-After`.
     """
 
-    def __init__(self, message: str, *, status: int, kind: str) -> None:
+    def __init__(
+        self, message: str, *, status: int, kind: str, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.retry_after_s = retry_after_s
 
 
 class PublishError(CommandError):

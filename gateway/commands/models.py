@@ -11,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.commands.lifecycle import Status
 from schemas import CommandAction
 
-__all__ = ["CommandEvent", "CommandPage", "CommandRecord", "NewCommand", "Transition"]
+__all__ = [
+    "CommandEvent",
+    "CommandPage",
+    "CommandRecord",
+    "NewCommand",
+    "RateLimits",
+    "Transition",
+]
 
 
 class _Model(BaseModel):
@@ -26,6 +33,15 @@ class NewCommand(_Model):
     requested_by: str
     ttl_s: int | None = None
     idempotency_key: str | None = None
+
+
+class RateLimits(_Model):
+    """New commands allowed per operator (token) and per car in a sliding window (0: no
+    limit); counted in the `commands` table, so every gateway instance enforces the same."""
+
+    per_operator: int
+    per_vehicle: int
+    window_s: int
 
 
 class Transition(_Model):

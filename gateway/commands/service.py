@@ -9,7 +9,13 @@ from gateway.commands.errors import CommandRefusedError
 from gateway.commands.events import CommandEventHub
 from gateway.commands.lifecycle import stream_ends
 from gateway.commands.metrics import CommandMetrics
-from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand
+from gateway.commands.models import (
+    CommandEvent,
+    CommandPage,
+    CommandRecord,
+    NewCommand,
+    RateLimits,
+)
 from gateway.commands.rental import RentalEndReport, check_rental_end
 from gateway.commands.store import CommandStore
 from gateway.config import CommandSettings
@@ -41,8 +47,14 @@ class CommandService:
         # Set by the runtime: tells this process's dispatcher a car has a command waiting.
         self.on_queued: Callable[[str], None] = _ignore
 
-    async def request(self, new: NewCommand) -> tuple[CommandRecord, bool]:
+    async def request(
+        self, new: NewCommand, *, limits: RateLimits | None = None
+    ) -> tuple[CommandRecord, bool]:
         """Queue a command (or find the one with the same idempotency key).
+
+        Args:
+            new: the request.
+            limits: the rate limits to hold it to (checked in the same transaction).
 
         Returns the command and whether it was created now.
 
@@ -70,6 +82,7 @@ class CommandService:
                 ttl_s=ttl_s,
                 busy_policy=self._settings.busy_policy,
                 max_queued=self._settings.max_queued_per_vehicle,
+                limits=limits,
             )
         except CommandRefusedError as exc:
             self._metrics.refused.labels(exc.kind).inc()

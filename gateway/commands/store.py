@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -40,7 +41,14 @@ from gateway.commands.lifecycle import (
     effect_of_result,
     target_status,
 )
-from gateway.commands.models import CommandEvent, CommandPage, CommandRecord, NewCommand, Transition
+from gateway.commands.models import (
+    CommandEvent,
+    CommandPage,
+    CommandRecord,
+    NewCommand,
+    RateLimits,
+    Transition,
+)
 from gateway.errors import GatewayError
 from schemas import CommandAction, CommandResultMessage, ms_to_datetime
 
@@ -119,6 +127,29 @@ SELECT i.*, pg_notify('{EVENTS_CHANNEL}', json_build_object(
     'status', 'queued', 'at', t.at)::text) AS notified
 FROM inserted i JOIN transition t ON t.command_id = i.command_id
 """  # noqa: S608  # constants only
+
+# The rate limits' counts, each only up to its limit (a check costs at most `limit` index
+# entries; a 0 limit counts nothing), in the creating transaction after the car's lock (so the
+# per-car limit is exact; the per-operator one may be exceeded by the requests in flight).
+_RATE_COUNTS = """
+SELECT
+    (SELECT count(*) FROM (
+        SELECT 1 FROM commands
+        WHERE requested_by = %(by)s AND created_at > now() - make_interval(secs => %(window)s)
+        LIMIT %(per_operator)s) o) AS by_operator,
+    (SELECT count(*) FROM (
+        SELECT 1 FROM commands
+        WHERE vin = %(vin)s AND created_at > now() - make_interval(secs => %(window)s)
+        LIMIT %(per_vehicle)s) v) AS by_vehicle
+"""
+# Only when refusing: when the oldest command that counts leaves the window (Retry-After).
+_FREE_IN = """
+SELECT extract(epoch FROM min(created_at) + make_interval(secs => %(window)s) - now())
+FROM (
+    SELECT created_at FROM commands
+    WHERE {column} = %(value)s AND created_at > now() - make_interval(secs => %(window)s)
+    ORDER BY created_at DESC LIMIT %(limit)s) newest
+"""
 
 # One state change, for every row `where` selects: update, transition, audit, notify.
 _MOVE = """
@@ -390,12 +421,14 @@ class CommandStore:
         ttl_s: int,
         busy_policy: str,
         max_queued: int,
+        limits: RateLimits | None = None,
     ) -> tuple[CommandRecord, bool]:
         """Queue a command, or return the one this requester made with the same idempotency
-        key (then the bool is False).
+        key (then the bool is False; a replay is never rate-limited: it creates nothing).
 
         Raises:
-            CommandRefusedError: unknown car, action it cannot do, busy, or a reused key.
+            CommandRefusedError: over a rate limit (429), unknown car, action it cannot do,
+                busy, or a reused key.
         """
         # Pipelined: BEGIN, the car's lock, the key lookup and the checks travel together, then
         # the insert with COMMIT: two round trips. Each statement still starts after the one
@@ -410,6 +443,18 @@ class CommandStore:
                 )
                 if request.idempotency_key is not None:
                     await self._by_key_query(replayed, request)
+                counts = conn.cursor(row_factory=dict_row)
+                if limits is not None:
+                    await counts.execute(
+                        _RATE_COUNTS,
+                        {
+                            "by": request.requested_by,
+                            "vin": request.vin,
+                            "window": limits.window_s,
+                            "per_operator": limits.per_operator,
+                            "per_vehicle": limits.per_vehicle,
+                        },
+                    )
                 await cur.execute(
                     "SELECT capabilities, (SELECT count(*) FROM commands "
                     "WHERE vin = %(vin)s AND status = ANY(%(active)s)) AS active "
@@ -421,6 +466,8 @@ class CommandStore:
                     existing = await self._by_key_result(replayed, request)
                     if existing is not None:
                         return existing, False
+                if limits is not None:
+                    await _check_rate(conn, request, limits, await counts.fetchone())
                 _check_capable(request, vehicle)
                 assert vehicle is not None
                 _check_not_busy(request.vin, vehicle["active"], busy_policy, max_queued)
@@ -885,6 +932,44 @@ class CommandStore:
             for cur in cursors:
                 events += [_event(row) for row in await cur.fetchall()]
         return events
+
+
+async def _check_rate(
+    conn: psycopg.AsyncConnection[Any],
+    request: NewCommand,
+    limits: RateLimits,
+    counts: dict[str, Any] | None,
+) -> None:
+    """Refuse (429) a command over its operator's or its car's limit, saying when to retry."""
+    assert counts is not None
+    window = limits.window_s
+    if limits.per_operator and counts["by_operator"] >= limits.per_operator:
+        why = (
+            f"operator {request.requested_by!r} sent {counts['by_operator']} commands in the "
+            f"last {window} s (limit {limits.per_operator})"
+        )
+        column, value, limit = "requested_by", request.requested_by, limits.per_operator
+    elif limits.per_vehicle and counts["by_vehicle"] >= limits.per_vehicle:
+        why = (
+            f"car {request.vin} got {counts['by_vehicle']} commands in the last {window} s "
+            f"(limit {limits.per_vehicle})"
+        )
+        column, value, limit = "vin", request.vin, limits.per_vehicle
+    else:
+        return
+    cur = await conn.execute(
+        sql.SQL(_FREE_IN).format(column=sql.Identifier(column)),
+        {"value": value, "window": window, "limit": limit},
+    )
+    row = await cur.fetchone()
+    free_in = row[0] if row is not None else None
+    retry = max(1, math.ceil(float(free_in))) if free_in is not None else window
+    raise CommandRefusedError(
+        f"{why}: try again in {retry} s; limits are commands.rate_limit_* in the settings",
+        status=429,
+        kind="rate-limited",
+        retry_after_s=retry,
+    )
 
 
 def _check_capable(request: NewCommand, vehicle: dict[str, Any] | None) -> None:

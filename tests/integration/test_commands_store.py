@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.commands import CommandRefusedError, NewCommand
+from gateway.commands import CommandRefusedError, NewCommand, RateLimits
 from gateway.commands.lifecycle import ResultEffect
 from gateway.commands.store import (
     ClaimedCommand,
@@ -229,3 +229,27 @@ async def test_one_dispatch_for_many_cars_records_each_cars_outcome(store: Comma
     assert [c.command_id for c in sent] == [a.command_id]
     assert outcomes[_VINS[0]].outcome is DispatchOutcome.SENT
     assert outcomes[_VINS[1]].outcome is DispatchOutcome.NOTHING
+
+
+async def test_rate_limits_are_counted_in_the_creating_transaction(store: CommandStore) -> None:
+    limits = RateLimits(per_operator=3, per_vehicle=1, window_s=60)
+
+    async def create(request: NewCommand) -> tuple[Any, bool]:
+        return await store.create(
+            request, ttl_s=30, busy_policy="queue", max_queued=5, limits=limits
+        )
+
+    first, _ = await create(_request(_VINS[0], key="once"))
+    with pytest.raises(CommandRefusedError) as per_car:
+        await create(_request(_VINS[0], "unlock"))
+    assert (per_car.value.status, per_car.value.kind) == (429, "rate-limited")
+    assert per_car.value.retry_after_s is not None
+    assert 1 <= per_car.value.retry_after_s <= 60
+    assert _VINS[0] in str(per_car.value)
+    # A replay creates nothing: never limited.
+    replay, created = await create(_request(_VINS[0], key="once"))
+    assert (replay.command_id, created) == (first.command_id, False)
+    await create(_request(_VINS[1]))
+    with pytest.raises(CommandRefusedError) as per_car_again:
+        await create(_request(_VINS[1], "unlock"))
+    assert per_car_again.value.kind == "rate-limited"
