@@ -63,15 +63,11 @@ class VehicleState:
 _WIRE_FIELDS = tuple(f.name for f in fields(VehicleState) if f.name != "immobilized")
 
 
-def _values_getter(wires: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function returning the state's values of `wires`, as a tuple."""
-    if not wires:
-        return lambda state: ()
-    getter = operator.attrgetter(*wires)
-    if len(wires) == 1:
-        # attrgetter of one name returns the value itself, of several a tuple.
-        return lambda state: (getter(state),)
-    return getter
+# The state as one tuple in one C call: the immobilizer first, then every wire signal.
+_read_state: Callable[[VehicleState], tuple[Any, ...]] = operator.attrgetter(
+    "immobilized", *_WIRE_FIELDS
+)
+_STATE_INDEX = {name: index for index, name in enumerate(_WIRE_FIELDS, start=1)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +108,17 @@ class SimulatedEcus:
         self.body = body or BodyBehaviour()
         self._bus = bus
         self._encoder = encoder or FrameEncoder(profile)
-        # Per message: the mappings it carries and a getter of their wire values (a tuple);
-        # and what it last carried.
-        self._inputs: list[tuple[Message, tuple[SignalMapping, ...], Callable[[Any], Any]]] = []
+        # Per message: the mappings it carries, where their values are in `_read_state`'s
+        # tuple, and which entries of that tuple it depends on (the immobilizer, at 0, always).
+        self._inputs: list[
+            tuple[Message, tuple[SignalMapping, ...], tuple[int, ...], frozenset[int]]
+        ] = []
         for message in self._encoder.messages:
             mappings = self._encoder.mappings_of(message)
-            wires = [m.wire for m in mappings]
-            self._inputs.append((message, mappings, _values_getter(wires)))
-        self._last_values: dict[int, tuple[object, ...]] = {}
-        self._last_inputs: dict[int, tuple[object, ...]] = {}
+            indices = tuple(_STATE_INDEX[m.wire] for m in mappings)
+            self._inputs.append((message, mappings, indices, frozenset((0, *indices))))
+        self._last_state: tuple[Any, ...] | None = None  # at the last send_changed
+        self._last_inputs: dict[int, tuple[object, ...]] = {}  # raw values last sent
         self.requests_seen = 0
         locking, immobilizer = profile.central_locking, profile.immobilizer
         self._request_ids: set[int] = set()
@@ -147,7 +145,7 @@ class SimulatedEcus:
         """Send every frame (one period of every periodic message)."""
         for frame in self.frames():
             self._bus.send(frame)
-        self._last_values.clear()
+        self._last_state = None
         self._last_inputs.clear()
 
     def send_changed(self) -> int:
@@ -157,20 +155,28 @@ class SimulatedEcus:
         looked at again only when one of its signals changed, and encoded and sent only when
         that change shows in its raw (quantised) values.
         """
-        state = self.state
-        immobilized = state.immobilized
-        last_values, last_inputs = self._last_values, self._last_inputs
+        current = _read_state(self.state)
+        previous = self._last_state
+        if current == previous:
+            return 0
+        self._last_state = current
+        changed = None
+        if previous is not None:
+            changed = {
+                i
+                for i, (now, before) in enumerate(zip(current, previous, strict=True))
+                if now != before
+            }
+        immobilized = current[0]
+        last_inputs = self._last_inputs
         encode_raw = self._encoder.encode_raw
         sent = 0
-        for message, mappings, getter in self._inputs:
-            frame_id = message.frame_id
-            wire_values = getter(state)
-            current = (immobilized, wire_values)
-            if last_values.get(frame_id) == current:
+        for message, mappings, indices, watched in self._inputs:
+            if changed is not None and watched.isdisjoint(changed):
                 continue
-            last_values[frame_id] = current
+            frame_id = message.frame_id
             raws = tuple(
-                [m.wire_to_raw(value) for m, value in zip(mappings, wire_values, strict=True)]
+                [m.wire_to_raw(current[i]) for m, i in zip(mappings, indices, strict=True)]
             )
             raw = (immobilized, raws)
             if last_inputs.get(frame_id) == raw:
@@ -235,7 +241,7 @@ class SimulatedEcus:
                 self.state.immobilized, applied = False, True
         # An obeyed request is answered even when nothing changed: the status frame confirms.
         if applied:
-            self._last_values.clear()
+            self._last_state = None
             self._last_inputs.clear()
         return applied
 
