@@ -48,7 +48,10 @@ class OutOfRange:
 
 @dataclass(slots=True)
 class Decoded:
-    """What one frame said: wire signal values, values flagged as out of range."""
+    """What one frame said: wire signal values, values flagged as out of range.
+
+    Shared between the decoders of a process (cached by payload): read it, never change it.
+    """
 
     values: dict[str, WireValue] = field(default_factory=dict)
     out_of_range: list[OutOfRange] = field(default_factory=list)
@@ -83,10 +86,10 @@ class _Plan:
     immobilized_raw: frozenset[int]
 
 
-# Raw values by (message, payload), shared by every decoder of the process: in a fleet, many
-# cars send the same frame (a speed, a door state), and the values are only ever read.
-_RAW_VALUES: dict[tuple[Message, bytes], Mapping[str, object]] = {}
-_RAW_VALUES_SIZE = 50_000
+# What a payload says, by (plan, payload), shared by every decoder of the process: in a fleet
+# many cars send the same frame (a speed, a door state). Decoded results are only ever read.
+_DECODED: dict[tuple[int, bytes], tuple[Decoded, int, int]] = {}
+_DECODED_SIZE = 50_000
 
 
 def _digits(resolution: float) -> int:
@@ -160,79 +163,81 @@ class FrameDecoder:
         if self._last_payload.get(key) == data:
             counters.unchanged += 1
             return None
-        raw_values = self._raw_values(plan, frame, data)
-        if raw_values is None:
+        if frame.is_error_frame or frame.is_remote_frame or len(data) != plan.message.length:
             counters.malformed += 1
             return None
+        cache_key = (id(plan), data)
+        cached = _DECODED.get(cache_key)
+        if cached is None:
+            raw_values = _raw_values(plan, data)
+            if raw_values is None:
+                counters.malformed += 1
+                return None
+            cached = _interpret(plan, raw_values)
+            if len(_DECODED) >= _DECODED_SIZE:
+                _DECODED.clear()
+            _DECODED[cache_key] = cached
+        decoded, invalid, out_of_range = cached
+        counters.invalid += invalid
+        counters.out_of_range += out_of_range
         self._last_payload[key] = data
         counters.decoded += 1
-        return self._interpret(plan, raw_values)
+        return decoded
 
-    @staticmethod
-    def _raw_values(plan: _Plan, frame: can.Message, data: bytes) -> Mapping[str, object] | None:
-        if frame.is_error_frame or frame.is_remote_frame or len(data) != plan.message.length:
-            return None
-        key = (plan.message, data)
-        cached = _RAW_VALUES.get(key)
-        if cached is not None:
-            return cached
-        try:
-            raw_values = plan.message.decode(data, decode_choices=False, scaling=False)
-        except (DecodeError, ValueError):
-            return None
-        # Container (multiplexed PDU) messages decode to a list; profiles do not read them.
-        if not isinstance(raw_values, dict):
-            return None
-        if len(_RAW_VALUES) >= _RAW_VALUES_SIZE:
-            _RAW_VALUES.clear()
-        _RAW_VALUES[key] = raw_values
-        return raw_values
 
-    def _interpret(self, plan: _Plan, raw_values: Mapping[str, object]) -> Decoded:
-        counters = self.counters
-        result = Decoded()
-        for reader in plan.readers:
-            mapping = reader.mapping
-            raw = raw_values.get(mapping.signal.name)
-            if not isinstance(raw, int | float):
-                continue  # a multiplexed signal absent from this frame
-            if raw in mapping.invalid_raw:
-                counters.invalid += 1
-                continue
-            if mapping.is_bool:
-                if raw in mapping.true_raw:
-                    result.values[mapping.wire] = True
-                elif mapping.false_raw is None or raw in mapping.false_raw:
-                    result.values[mapping.wire] = False
-                else:
-                    counters.out_of_range += 1
-                    result.out_of_range.append(OutOfRange(mapping.wire, float(raw), None, None))
-                continue
-            physical = mapping.raw_to_physical(raw)
-            low, high = mapping.dbc_minimum, mapping.dbc_maximum
-            if (low is not None and physical < low - reader.tolerance) or (
-                high is not None and physical > high + reader.tolerance
-            ):
-                counters.out_of_range += 1
-                result.out_of_range.append(OutOfRange(mapping.wire, physical, low, high))
-                continue
-            value = round(physical * mapping.scale + mapping.offset, reader.digits)
-            spec = mapping.spec
-            too_high = spec.maximum is not None and (
-                value >= spec.maximum if spec.maximum_exclusive else value > spec.maximum
-            )
-            if (spec.minimum is not None and value < spec.minimum) or too_high:
-                counters.out_of_range += 1
-                result.out_of_range.append(
-                    OutOfRange(mapping.wire, value, spec.minimum, spec.maximum)
-                )
-                continue
-            result.values[mapping.wire] = value
-        if plan.immobilizer_signal is not None:
-            status = raw_values.get(plan.immobilizer_signal)
-            if isinstance(status, int):
-                result.immobilized = status in plan.immobilized_raw
-        return result
+def _raw_values(plan: _Plan, data: bytes) -> Mapping[str, object] | None:
+    try:
+        raw_values = plan.message.decode(data, decode_choices=False, scaling=False)
+    except (DecodeError, ValueError):
+        return None
+    # Container (multiplexed PDU) messages decode to a list; profiles do not read them.
+    return raw_values if isinstance(raw_values, dict) else None
+
+
+def _interpret(plan: _Plan, raw_values: Mapping[str, object]) -> tuple[Decoded, int, int]:
+    """What the frame says by the plan, with how many values were invalid and out of range."""
+    invalid = out_of_range = 0
+    result = Decoded()
+    for reader in plan.readers:
+        mapping = reader.mapping
+        raw = raw_values.get(mapping.signal.name)
+        if not isinstance(raw, int | float):
+            continue  # a multiplexed signal absent from this frame
+        if raw in mapping.invalid_raw:
+            invalid += 1
+            continue
+        if mapping.is_bool:
+            if raw in mapping.true_raw:
+                result.values[mapping.wire] = True
+            elif mapping.false_raw is None or raw in mapping.false_raw:
+                result.values[mapping.wire] = False
+            else:
+                out_of_range += 1
+                result.out_of_range.append(OutOfRange(mapping.wire, float(raw), None, None))
+            continue
+        physical = mapping.raw_to_physical(raw)
+        low, high = mapping.dbc_minimum, mapping.dbc_maximum
+        if (low is not None and physical < low - reader.tolerance) or (
+            high is not None and physical > high + reader.tolerance
+        ):
+            out_of_range += 1
+            result.out_of_range.append(OutOfRange(mapping.wire, physical, low, high))
+            continue
+        value = round(physical * mapping.scale + mapping.offset, reader.digits)
+        spec = mapping.spec
+        too_high = spec.maximum is not None and (
+            value >= spec.maximum if spec.maximum_exclusive else value > spec.maximum
+        )
+        if (spec.minimum is not None and value < spec.minimum) or too_high:
+            out_of_range += 1
+            result.out_of_range.append(OutOfRange(mapping.wire, value, spec.minimum, spec.maximum))
+            continue
+        result.values[mapping.wire] = value
+    if plan.immobilizer_signal is not None:
+        status = raw_values.get(plan.immobilizer_signal)
+        if isinstance(status, int):
+            result.immobilized = status in plan.immobilized_raw
+    return result, invalid, out_of_range
 
 
 class FrameEncoder:
