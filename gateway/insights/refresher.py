@@ -5,7 +5,8 @@ Every `interval_s` the refresher, in one transaction:
 1. finds the cars with telemetry received since the last refresh (less an overlap that covers
    batches committed a little after they were received and clock differences between gateway
    hosts), and for each the earliest new sample;
-2. re-derives each such car's trips from its anchor (see `gateway.insights.trips`);
+2. continues each such car's open trip with its new samples, or, when that is not enough (late
+   data, no open trip), re-derives the car's trips from its anchor (see `gateway.insights.trips`);
 3. rebuilds utilisation rows from the hour each car last changed;
 4. records the database time it ran at.
 
@@ -58,6 +59,9 @@ class RefreshOptions:
             sorts over a car's samples); the server's default is meant for small queries.
         jit: let PostgreSQL compile the refresher's queries (off: compiling costs a second or
             two per statement, more than these statements take).
+        continue_open_trips: fold a car's new samples into its open trip when they all come
+            after the last one folded in (off: every refresh derives open trips again from their
+            start, as before migration 0007; for comparison in benchmarks).
     """
 
     interval_s: float = 60.0
@@ -66,6 +70,7 @@ class RefreshOptions:
     rebuild_batch_cars: int = 100
     work_mem: str = "64MB"
     jit: bool = False
+    continue_open_trips: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +79,13 @@ class RefreshReport:
 
     skipped: bool  # another gateway was refreshing
     rebuild: bool
-    cars: int  # cars whose trips were re-derived
+    cars: int  # cars whose trips were re-derived or continued
     trips_deleted: int
     trips_written: int
     utilisation_rows: int
     duration_s: float
     refreshed_at: datetime | None
+    cars_continued: int = 0  # of `cars`: open trips continued with only their new samples
 
 
 _LOCK_TRY: Final = "SELECT pg_try_advisory_xact_lock(%s, %s)"
@@ -155,9 +161,19 @@ class InsightRefresher:
     ) -> dict[str, Any]:
         since = watermark - timedelta(seconds=self.options.overlap_s)
         oldest = since - timedelta(seconds=self.options.max_past_age_s)
+        # What the next refresh's window will start at (its watermark is this `now`).
+        next_since = now - timedelta(seconds=self.options.overlap_s)
         await conn.execute(trip_sql.CREATE_TRIP_SCOPE)
-        await conn.execute(trip_sql.SCOPE_NEW_TELEMETRY, {"since": since, "oldest": oldest})
-        counts = await self._derive(conn)
+        await conn.execute(
+            trip_sql.SCOPE_NEW_TELEMETRY,
+            {
+                "since": since,
+                "oldest": oldest,
+                "next_since": next_since,
+                "continuing": self.options.continue_open_trips,
+            },
+        )
+        counts = await self._derive(conn, next_since)
         rows = await self._utilisation(conn, now, refreshed_at)
         await self._rollup(conn, await _value(conn, "SELECT min(from_hour) FROM tgw_util_scope"))
         await conn.execute(
@@ -165,16 +181,35 @@ class InsightRefresher:
         )
         return {**counts, "utilisation_rows": rows, "refreshed_at": now}
 
-    async def _derive(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+    async def _derive(
+        self, conn: psycopg.AsyncConnection[Any], next_since: datetime
+    ) -> dict[str, Any]:
+        """Trips of the scoped cars: continued (tail_time set) or derived from the anchor."""
         await conn.execute("ANALYZE tgw_trip_scope")
-        cars, oldest = await _row(conn, "SELECT count(*), min(anchor) FROM tgw_trip_scope")
+        cars, continued, oldest, oldest_tail = await _row(
+            conn,
+            "SELECT count(*), count(tail_time), min(anchor) FILTER (WHERE tail_time IS NULL), "
+            "min(tail_time) FROM tgw_trip_scope",
+        )
         await conn.execute(trip_sql.CREATE_CHANGES)
         await conn.execute(trip_sql.UPDATE_FIRST_SEEN)
-        bound = {"oldest_anchor": oldest or "-infinity"}
-        deleted = (await conn.execute(trip_sql.DELETE_SCOPED_TRIPS, bound)).rowcount
-        written = (await conn.execute(trip_sql.DERIVE_TRIPS, bound)).rowcount
+        deleted = written = 0
+        if cars > continued:
+            bound = {"oldest_anchor": oldest or "-infinity", "next_since": next_since}
+            deleted = (await conn.execute(trip_sql.DELETE_SCOPED_TRIPS, bound)).rowcount
+            await conn.execute(trip_sql.DELETE_SCOPED_TAILS)
+            written += (await conn.execute(trip_sql.DERIVE_TRIPS, bound)).rowcount
+        if continued:
+            await conn.execute(trip_sql.KEEP_OPEN_TRIPS)
+            bound = {"oldest_tail": oldest_tail, "next_since": next_since}
+            written += (await conn.execute(trip_sql.CONTINUE_TRIPS, bound)).rowcount
         await conn.execute(trip_sql.CHANGES)
-        return {"cars": int(cars), "trips_deleted": deleted, "trips_written": written}
+        return {
+            "cars": int(cars),
+            "cars_continued": int(continued),
+            "trips_deleted": deleted,
+            "trips_written": written,
+        }
 
     async def _utilisation(
         self,
@@ -238,7 +273,13 @@ class InsightRefresher:
         wait: bool,
     ) -> RefreshReport:
         started = time.perf_counter()
-        totals = {"cars": 0, "trips_deleted": 0, "trips_written": 0, "utilisation_rows": 0}
+        totals = {
+            "cars": 0,
+            "cars_continued": 0,
+            "trips_deleted": 0,
+            "trips_written": 0,
+            "utilisation_rows": 0,
+        }
         try:
             async with self._pool.connection() as conn:
                 if wait:
@@ -284,6 +325,11 @@ class InsightRefresher:
             )
         size = self.options.rebuild_batch_cars
         rollup_since: datetime | None = None
+        # The window the next refresh looks at: the tails are counted over it.
+        next_watermark = (
+            first_now if (everyone and since is None) or watermark is None else watermark
+        )
+        next_since = next_watermark - timedelta(seconds=self.options.overlap_s)
         for offset in range(0, len(cars), size):
             batch = cars[offset : offset + size]
             async with conn.transaction():
@@ -293,7 +339,7 @@ class InsightRefresher:
                 await conn.execute(
                     trip_sql.SCOPE_VINS, {"vins": batch, "since": since or "-infinity"}
                 )
-                counts = await self._derive(conn)
+                counts = await self._derive(conn, next_since)
                 await conn.execute(trip_sql.FORCE_CHANGES)
                 # A car's utilisation from the hour its trips begin; the others are untouched.
                 rows = await self._utilisation(conn, now, refreshed_at, only_scoped=True)
@@ -323,6 +369,7 @@ class InsightRefresher:
             skipped=fields.get("skipped", False),
             rebuild=fields.get("rebuild", False),
             cars=fields.get("cars", 0),
+            cars_continued=fields.get("cars_continued", 0),
             trips_deleted=fields.get("trips_deleted", 0),
             trips_written=fields.get("trips_written", 0),
             utilisation_rows=fields.get("utilisation_rows", 0),
@@ -335,6 +382,7 @@ class InsightRefresher:
                 "insights.refreshed",
                 rebuild=report.rebuild,
                 cars=report.cars,
+                cars_continued=report.cars_continued,
                 trips_deleted=report.trips_deleted,
                 trips_written=report.trips_written,
                 utilisation_rows=report.utilisation_rows,

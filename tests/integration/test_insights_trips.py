@@ -86,6 +86,44 @@ def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def assert_same_trips(actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Row for row equal; float columns within a relative 1e-12. A continued open trip adds its
+    GNSS steps piece by piece, a derivation in one sum: the last bits may differ."""
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected, strict=True):
+        assert got.keys() == want.keys()
+        for column in want:
+            if column == "computed_at":
+                continue
+            if isinstance(want[column], float):
+                assert got[column] == pytest.approx(want[column], rel=1e-12, abs=1e-12), (
+                    column,
+                    got,
+                    want,
+                )
+            else:
+                assert got[column] == want[column], (column, got, want)
+
+
+async def assert_utilisation_of_an_empty_slate(dsn: str, mode: StorageMode) -> None:
+    """The utilisation kept up refresh by refresh equals one computed on an empty slate (every
+    closed hour: the open one grows with the clock)."""
+    pieced = await utilisation(dsn)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute(
+            "TRUNCATE trips, trip_tails, insight_vehicles, utilisation_hourly, "
+            "utilisation_model_hourly, utilisation_cell_daily, utilisation_car_daily; "
+            "UPDATE insight_state SET received_watermark = NULL, refreshed_at = NULL"
+        )
+        await conn.commit()
+    async with refresher(dsn, mode) as insights:
+        assert (await insights.refresh()).rebuild
+    fresh = await utilisation(dsn)
+    assert pieced["hourly"]
+    for table in pieced:
+        assert fresh[table] == pieced[table], table
+
+
 def assert_matches_truth(rows: list[dict[str, Any]], truth: list[TrueTrip]) -> None:
     """Every true trip once, at its time (within the 1 s the unit may wait to sample), with its
     distance within 1 %."""
@@ -233,24 +271,11 @@ async def test_pieces_late_data_and_restarts_give_the_trips_of_a_rebuild(
     async with refresher(dsn, mode) as insights:
         rebuilt_report = await insights.rebuild()
     assert rebuilt_report.trips_written == len(fleet.trips)
-    assert [_key(r) for r in await trips(dsn)] == [_key(r) for r in incremental]
+    assert_same_trips(await trips(dsn), incremental)
 
-    # And the utilisation kept up piece by piece equals one computed on an empty slate (every
-    # closed hour: the open one grows with the clock).
-    pieced = await utilisation(dsn)
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        await conn.execute(
-            "TRUNCATE trips, insight_vehicles, utilisation_hourly, utilisation_model_hourly, "
-            "utilisation_cell_daily, utilisation_car_daily; "
-            "UPDATE insight_state SET received_watermark = NULL, refreshed_at = NULL"
-        )
-        await conn.commit()
-    async with refresher(dsn, mode) as insights:
-        assert (await insights.refresh()).rebuild
-    fresh = await utilisation(dsn)
-    assert len(pieced["hourly"]) > 100
-    for table in pieced:
-        assert fresh[table] == pieced[table], table
+    # And the utilisation kept up piece by piece equals one computed on an empty slate.
+    assert len((await utilisation(dsn))["hourly"]) > 100
+    await assert_utilisation_of_an_empty_slate(dsn, mode)
 
 
 async def test_late_data_inside_a_gap_joins_the_trips(
@@ -297,3 +322,82 @@ async def test_two_gateways_refresh_one_at_a_time(
         reports = await asyncio.gather(first.refresh(), second.refresh(), first.refresh())
     assert sum(not r.skipped for r in reports) >= 1
     assert_matches_truth(await trips(dsn), fleet.trips)
+
+
+def _chunks(samples: list[Sample], sizes: tuple[int, ...]) -> list[list[Sample]]:
+    """The samples in time order, cut into pieces of the given sizes over and over (so that the
+    cuts fall everywhere: inside harsh braking, a door flapping open, at a trip's start)."""
+    ordered = sorted(samples, key=lambda s: (s.time, s.vin))
+    pieces: list[list[Sample]] = []
+    index = 0
+    while index < len(ordered):
+        size = sizes[len(pieces) % len(sizes)]
+        pieces.append(ordered[index : index + size])
+        index += size
+    return pieces
+
+
+@pytest.mark.parametrize("overlap_s", [0.0, 600.0])
+async def test_an_open_trip_is_continued_with_its_new_samples(
+    migrated_database_any_mode: tuple[StorageMode, str], overlap_s: float
+) -> None:
+    """Long trips arriving a few samples at a time are continued at each refresh (only the new
+    samples derived and folded in, never deleted and derived again from their start), through
+    harsh braking and acceleration, a door ajar, their end, parking and the next trip; a late
+    sample sends the car back to the derivation from its anchor once. The trips end exactly as
+    a rebuild's (floats within 1e-12), and the utilisation as an empty slate's. With an overlap
+    the refresher sees the samples it already folded in again: it must count them, not fold
+    them twice."""
+    mode, dsn = migrated_database_any_mode
+    options = RefreshOptions(overlap_s=overlap_s, rebuild_batch_cars=3)
+    long = ScriptedCar(vin(6))
+    long.park(5).rent().drive(
+        30.0,
+        45,
+        fuel_used=3.0,
+        brake_hard_at=[0.2, 0.6],
+        accelerate_hard_at=[0.35, 0.8],
+        door_ajar_at=[0.5],
+    ).return_car().park(10).rent().drive(4.0, 8, brake_hard_at=[0.5]).return_car().park(5)
+    keyless = ScriptedCar(vin(7), ignition=False, fuel=None, soc=60.0, lat=48.15)
+    keyless.park(8).rent().drive(25.0, 40, accelerate_hard_at=[0.4]).return_car().park(20)
+    cars = [long, keyless]
+    models = {c.vin: c.model for c in cars}
+    pieces = _chunks([s for c in cars for s in c.samples], (11, 23, 1, 37, 2, 29, 3))
+    # A sample of the first trip delivered late, after more of that trip was folded in.
+    start, end = long.trips[0].start, long.trips[0].end
+    assert end is not None
+    middle = start + (end - start) / 2
+    late_at = next(i for i, p in enumerate(pieces) if p[0].time > middle + timedelta(minutes=5))
+    before = max((s for s in long.samples if s.time < middle), key=lambda s: s.time)
+    late = Sample(before.time + timedelta(milliseconds=500), long.vin, 99_999, before.signals)
+    reports = []
+    for index, piece in enumerate(pieces):
+        await store(dsn, piece, models=models, received_at=datetime.now(UTC))
+        if index == late_at:
+            await store(dsn, [late], received_at=datetime.now(UTC))
+        async with refresher(dsn, mode, options) as insights:
+            report = await insights.refresh()
+        reports.append(report)
+        if index == late_at:
+            # The late sample lies before the last one folded in: derived from the anchor.
+            assert report.trips_deleted >= 1
+            assert report.cars_continued < report.cars
+    incremental = await trips(dsn)
+    assert_matches_truth(incremental, [t for c in cars for t in c.trips])
+    first = next(r for r in incremental if r["vin"] == long.vin)
+    assert first["samples"] == 1 + sum(start <= s.time <= end for s in long.samples)
+    assert (first["harsh_brakes"], first["harsh_accels"], first["door_ajar"]) == (2, 2, 1)
+
+    # Continued, never derived again from an anchor: every car in every refresh but the first
+    # (a rebuild) and the one with the late sample; nothing deleted.
+    on_time = [r for i, r in enumerate(reports) if i not in (0, late_at)]
+    assert all(r.cars_continued == r.cars > 0 for r in on_time), [
+        (r.cars, r.cars_continued) for r in on_time
+    ]
+    assert sum(r.trips_deleted for r in on_time) == 0
+
+    async with refresher(dsn, mode, options) as insights:
+        await insights.rebuild()
+    assert_same_trips(await trips(dsn), incremental)
+    await assert_utilisation_of_an_empty_slate(dsn, mode)
