@@ -1,0 +1,164 @@
+"""Insights refresh time with every car in a long open trip: continued, or derived again.
+
+    python -m bench.insights_open_trips [--cars 2000] [--minutes 30] [--hz 1]
+        [--modes continued,rederived] [--storage auto] [--keep]
+
+On a private PostgreSQL/TimescaleDB in a temporary directory (removed unless --keep), each mode
+in a database of its own: every car stands parked (one sample), then starts a trip that does not
+end within the run. Every simulated minute the minute's samples arrive (`--hz` per car, received
+now, written straight with SQL) and one incremental refresh runs, with the gateway's defaults
+(overlap 10 minutes). `continued` is the refresher as it is (`RefreshOptions.continue_open_trips`);
+`rederived` turns continuing off: every refresh derives each open trip again from its start (the
+refresher before migration 0007).
+
+Progress goes to stdout; the last line is one JSON object: per mode the refresh seconds of every
+minute, the first and last five minutes' means, and the maximum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.devstack import PostgresServer
+from gateway.insights import InsightRefresher, RefreshOptions
+from gateway.logconfig import configure_logging
+from gateway.storage import apply_migrations, detect_storage_mode
+
+__all__ = ["main"]
+
+# Sample s of car c (s = -1: parked before the trip): moving north at about 40 km/h at 1 Hz.
+_SAMPLES = """
+INSERT INTO telemetry (time, vin, boot_id, seq, lat, lon, heading, speed, fuel, odometer, batt_v,
+                       ignition, locked, door_fl_open, door_fr_open, door_rl_open, door_rr_open,
+                       trunk_open)
+SELECT %(t0)s::timestamptz + make_interval(secs => s::float8 / %(hz)s),
+       'TGWLNG' || lpad(c::text, 11, '0'), 'boot-1', s + 1,
+       48.10 + (c %% 50) * 0.002 + greatest(s, 0) * 0.0001 / %(hz)s,
+       11.50 + (c / 50) * 0.003, 0,
+       CASE WHEN s < 0 THEN 0 ELSE 40 + 15 * sin(s / (30.0 * %(hz)s) + c) END,
+       80 - greatest(s, 0) * 0.0002 / %(hz)s,
+       20000 + greatest(s, 0) * 0.0111 / %(hz)s, 12.6,
+       s >= 0, s < 0, false, false, false, false, false
+FROM generate_series(1, %(cars)s) c, generate_series(%(lo)s, %(hi)s - 1) s
+"""
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+async def _run_mode(
+    dsn: str, mode: Any, options: argparse.Namespace, continuing: bool
+) -> dict[str, Any]:
+    hz = options.hz
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=options.minutes + 2)
+    params = {"t0": t0, "hz": hz, "cars": options.cars}
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
+        refresher = InsightRefresher(pool, mode, RefreshOptions(continue_open_trips=continuing))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(_SAMPLES, params | {"lo": -1, "hi": 0})
+            first = await refresher.refresh()
+            say(f"  parked: {first.duration_s:.2f} s (the first refresh: a rebuild)")
+            figures: list[dict[str, Any]] = []
+            for minute in range(options.minutes):
+                lo = minute * 60 * hz
+                await conn.execute(_SAMPLES, params | {"lo": lo, "hi": lo + 60 * hz})
+                await conn.execute("ANALYZE telemetry")  # what autovacuum does as rows come in
+                started = time.perf_counter()
+                report = await refresher.refresh()
+                seconds = time.perf_counter() - started
+                figures.append(
+                    {
+                        "minute": minute + 1,
+                        "refresh_s": round(seconds, 3),
+                        "cars": report.cars,
+                        "continued": report.cars_continued,
+                    }
+                )
+                say(
+                    f"  minute {minute + 1:>3}: refresh {seconds:6.2f} s "
+                    f"({report.cars} cars, {report.cars_continued} continued)"
+                )
+            rows = await (await conn.execute("SELECT count(*) FROM telemetry")).fetchone()
+            trips = await (
+                await conn.execute("SELECT count(*), sum(samples) FROM trips")
+            ).fetchone()
+    times = [f["refresh_s"] for f in figures]
+    return {
+        "telemetry_rows": rows[0] if rows else 0,
+        "trips": trips[0] if trips else 0,
+        "trip_samples": int(trips[1]) if trips and trips[1] is not None else 0,
+        "first5_mean_s": round(statistics.mean(times[:5]), 3),
+        "last5_mean_s": round(statistics.mean(times[-5:]), 3),
+        "max_s": max(times),
+        "refresh_s": times,
+        "continued": [f["continued"] for f in figures],
+    }
+
+
+def run(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    server = PostgresServer(
+        work_dir / "pg",
+        timescaledb=None if options.storage == "auto" else options.storage == "timescaledb",
+        durable=False,
+    )
+    result: dict[str, Any] = {"cars": options.cars, "minutes": options.minutes, "hz": options.hz}
+    with server:
+        for name in options.modes.split(","):
+            dsn = server.create_database(f"tgw_open_trips_{name}")
+            asyncio.run(apply_migrations(dsn, storage_mode=options.storage))
+            mode = asyncio.run(_mode(dsn))
+            if mode == "postgres":
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(
+                        "SELECT tgw_ensure_partitions('telemetry', now() - interval '2 days', "
+                        "now() + interval '2 days')"
+                    )
+            result["storage_mode"] = mode
+            say(f"{name}: {options.cars} cars, {options.minutes} minutes at {options.hz} Hz")
+            result[name] = asyncio.run(_run_mode(dsn, mode, options, name == "continued"))
+    return result
+
+
+async def _mode(dsn: str) -> Any:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        return (await detect_storage_mode(conn)).mode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cars", type=int, default=2000)
+    parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--hz", type=int, default=1, help="samples per second per car")
+    parser.add_argument("--modes", default="continued,rederived")
+    parser.add_argument("--storage", choices=("auto", "timescaledb", "postgres"), default="auto")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (the database)")
+    options = parser.parse_args()
+    if any(m not in ("continued", "rederived") for m in options.modes.split(",")):
+        parser.error("--modes: a comma-separated list of continued, rederived")
+    configure_logging("WARNING")
+    work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="tgw-bench-open-trips-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(options, work_dir)
+    finally:
+        if not options.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
