@@ -34,12 +34,14 @@ from gateway.auth import Role, TokenError, TokenStore
 from gateway.cli.dev import (
     DEFAULT_MQTT_PORT,
     DEFAULT_PG_PORT,
+    SIGNING_KEY_ID,
     DevStack,
     _default_state_dir,
+    dev_signing_key,
     dev_stack,
     storage_choice,
 )
-from gateway.commands import create_key_pair, load_signing_key
+from gateway.commands import load_signing_key
 from gateway.devstack import port_is_free
 from gateway.devstack.mosquitto import read_password_file
 from gateway.errors import DevStackError
@@ -49,7 +51,6 @@ from gateway.storage import connect
 __all__ = ["demo"]
 
 DEFAULT_HTTP_PORT = 8080
-KEY_ID = "tgw-demo"
 TOKEN_NAME = "demo-operator"  # noqa: S105  # the token's name, not a secret
 START_TIMEOUT_S = 60.0
 # Beyond the gateway's own 30 s budget to flush and commit what it received.
@@ -138,13 +139,6 @@ def _signals_stop(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _signing_key(keys_dir: Path) -> Path:
-    private = keys_dir / f"{KEY_ID}.key"
-    if not private.exists():
-        create_key_pair(keys_dir, KEY_ID)
-    return private
 
 
 def _fleet_credentials(
@@ -289,7 +283,7 @@ def _run(
     logs = stack.state_dir / "logs"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TGW_", "TGW_SIM_"))}
     _step(2, total, "command-signing key ...")
-    key = _signing_key(stack.state_dir / "keys")
+    key = dev_signing_key(stack.state_dir / "keys")
     _step(3, total, f"broker accounts for {cars} cars ...")
     fleet_csv, count = _fleet_credentials(stack, cars, seed, env, stop)
     _step(4, total, f"gateway on http://{host}:{http_port} (log: {logs / 'gateway.log'}) ...")
@@ -314,7 +308,7 @@ def _run(
             "--progress-every", "60",
         ]  # fmt: skip
         # The cars trust the demo's signing key: a command not signed by it is refused.
-        trust = json.dumps({KEY_ID: load_signing_key(key, KEY_ID).public_hex})
+        trust = json.dumps({SIGNING_KEY_ID: load_signing_key(key, SIGNING_KEY_ID).public_hex})
         fleet_env = env | {"TGW_SIM_COMMANDS__TRUSTED_KEYS": trust}
         with _child("fleet", fleet_args, logs / "fleet.log", fleet_env) as fleet:
             _print_ready(base, token, stack)

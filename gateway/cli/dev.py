@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import psycopg
 import typer
 
+from gateway.commands import create_key_pair
 from gateway.devstack import (
     DEFAULT_GATEWAY_USERNAME,
     MosquittoBroker,
@@ -35,7 +36,15 @@ from gateway.devstack.postgres import random_password
 from gateway.errors import DevStackError
 from gateway.logconfig import configure_logging
 
-__all__ = ["DevStack", "app", "dev_stack", "storage_choice", "wait_for_stop"]
+__all__ = [
+    "SIGNING_KEY_ID",
+    "DevStack",
+    "app",
+    "dev_signing_key",
+    "dev_stack",
+    "storage_choice",
+    "wait_for_stop",
+]
 
 app = typer.Typer(
     help="Private development services (broker and database) for the demo.",
@@ -80,8 +89,20 @@ def _read_saved(path: Path) -> _Saved:
         raise DevStackError(f"{path} is unreadable ({exc}): fix or delete it") from exc
 
 
+SIGNING_KEY_ID = "tgw-demo"
+"""The command-signing key of the dev stack (and the demo): `<state dir>/keys/tgw-demo.key`."""
+
+
+def dev_signing_key(keys_dir: Path) -> Path:
+    """The dev stack's command-signing key, created on first use; its private key file."""
+    private = keys_dir / f"{SIGNING_KEY_ID}.key"
+    if not private.exists():
+        create_key_pair(keys_dir, SIGNING_KEY_ID)
+    return private
+
+
 def _write_credentials(
-    path: Path, broker: MosquittoBroker, dsn: str, storage: StorageChoice
+    path: Path, broker: MosquittoBroker, dsn: str, storage: StorageChoice, signing_key: Path
 ) -> None:
     # Laid out like gateway.config.Settings, so TGW_CONFIG=<this file> points the gateway here.
     text = (
@@ -94,7 +115,18 @@ def _write_credentials(
         f"password = {json.dumps(broker.gateway_password)}\n\n"
         "[database]\n"
         f"dsn = {json.dumps(dsn)}\n"
-        f"storage_mode = {json.dumps(storage)}\n"
+        f"storage_mode = {json.dumps(storage)}\n\n"
+        # What `tgw provision` changes: this broker's files, reloaded through its pid file,
+        # and its dynamic-security plugin (the admin password is new with every start).
+        "[broker]\n"
+        f"password_file = {json.dumps(str(broker.password_file))}\n"
+        f"acl_file = {json.dumps(str(broker.acl_file))}\n"
+        'reload = "pid_file"\n'
+        f"pid_file = {json.dumps(str(broker.pid_file))}\n"
+        f"admin_password = {json.dumps(broker.admin_account.password)}\n\n"
+        "[commands]\n"
+        f"signing_key_file = {json.dumps(str(signing_key))}\n"
+        f"signing_key_id = {json.dumps(SIGNING_KEY_ID)}\n"
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -203,7 +235,8 @@ def dev_stack(
         if not pg.database_exists(DATABASE):
             pg.create_database(DATABASE)
         dsn = pg.dsn(DATABASE)
-        _write_credentials(credentials, broker, dsn, storage)
+        key = dev_signing_key(state_dir / "keys")
+        _write_credentials(credentials, broker, dsn, storage, key)
         applied = _migrate(dsn, storage)
         yield DevStack(state_dir, broker, pg, dsn, credentials, applied)
 

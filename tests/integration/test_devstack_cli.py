@@ -1,4 +1,5 @@
-"""`tgw dev up` end to end: starts, migrates, writes credentials, stops cleanly on SIGTERM."""
+"""`tgw dev up` end to end: starts, migrates, writes credentials (enough for `tgw provision`),
+stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import IO
 import psycopg
 
 from gateway.devstack import connack_reason, free_port, port_is_free
+from gateway.provisioning.carconfig import read_car_config
 
 START_TIMEOUT_S = 120.0
 
@@ -70,6 +72,31 @@ def test_dev_up_runs_migrated_services_and_stops_on_sigterm(tmp_path: Path) -> N
             row = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
         assert row is not None
         assert row[0] >= 1
+
+        # The credentials name the broker's files and a signing key: a car can be provisioned
+        # against the dev stack as it is, and then logs in with its own account.
+        vin, car_file = "WBAUE11040E777777", tmp_path / "car.toml"
+        provision = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from gateway.cli import main; main()",
+                "provision",
+                vin,
+                "--model",
+                "bmw_e8x",
+                "--out",
+                str(car_file),
+            ],
+            env={"TGW_CONFIG": str(credentials), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert provision.returncode == 0, provision.stdout + provision.stderr
+        car = read_car_config(car_file, vin=vin)
+        assert connack_reason("127.0.0.1", mqtt_port, vin, car.password) == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
