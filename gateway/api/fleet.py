@@ -17,13 +17,23 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, StringConstraints
 
-from gateway.api.auth import require
+from gateway.api.params import (
+    Admin,
+    From,
+    To,
+    Viewer,
+    VinPath,
+    as_utc,
+    checked_vin,
+    guarded,
+    known_vin,
+)
 from gateway.api.problems import Problem
-from gateway.auth import Principal, Role
+from gateway.auth import Role
 from gateway.errors import StorageError
 from gateway.fleet import (
     AlertKind,
@@ -39,7 +49,6 @@ from gateway.fleet import (
 )
 from gateway.fleet.models import BoundingBox
 from gateway.fleet.store import MAX_HISTORY_RANGE, CursorError
-from schemas import VinError, parse_vin
 
 __all__ = ["Whoami", "fleet_router"]
 
@@ -52,7 +61,6 @@ EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 DEFAULT_HISTORY = timedelta(hours=1)
 T = TypeVar("T")
 
-VinPath = Annotated[str, Path(description="The car's VIN (17 characters, ISO 3779).")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 Cursor = Annotated[
     str | None,
@@ -62,16 +70,6 @@ Cursor = Annotated[
         description="`next_cursor` of the previous page.",
     ),
 ]
-From = Annotated[
-    datetime | None,
-    Query(alias="from", description="Start (inclusive), ISO 8601; no zone means UTC."),
-]
-To = Annotated[
-    datetime | None, Query(alias="to", description="End (exclusive), ISO 8601; no zone means UTC.")
-]
-# Module level: with postponed annotations, FastAPI resolves these names in the module's globals.
-Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
-Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -82,32 +80,14 @@ class Whoami(BaseModel):
     role: Role
 
 
-def _vin(vin: str) -> str:
-    try:
-        return parse_vin(vin)
-    except VinError as exc:
-        raise Problem(422, "invalid-vin", str(exc)) from exc
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _range(start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and end <= start:
         raise Problem(422, "invalid-range", "`to` must be later than `from`")
 
 
 async def _db(call: Awaitable[T]) -> T:
-    """Run a store call; database trouble and bad cursors become problem details."""
-    try:
-        return await call
-    except CursorError as exc:
-        raise Problem(422, "invalid-cursor", f"{exc}: start again without `cursor`") from exc
-    except StorageError as exc:
-        raise Problem(503, "database-unavailable", f"{exc}; try again shortly") from exc
+    """A store call: bad cursors and database trouble become problem details."""
+    return await guarded(call, (CursorError,))
 
 
 def fleet_router(store: FleetStore, feed: FleetFeed) -> APIRouter:
@@ -181,18 +161,11 @@ def _vehicle_routes(router: APIRouter, store: FleetStore) -> None:
         responses={404: {"description": "Unknown vehicle"}},
     )
     async def get_vehicle(vin: VinPath, _: Viewer) -> VehicleState:
-        checked = _vin(vin)
+        checked = checked_vin(vin)
         state = await _db(store.get_vehicle(checked))
         if state is None:
             raise Problem(404, "unknown-vehicle", f"vehicle {checked} is unknown to this fleet")
         return state
-
-
-async def _known_vin(store: FleetStore, vin: str) -> str:
-    checked = _vin(vin)
-    if not await _db(store.vehicle_exists(checked)):
-        raise Problem(404, "unknown-vehicle", f"vehicle {checked} is unknown to this fleet")
-    return checked
 
 
 def _history_routes(router: APIRouter, store: FleetStore) -> None:
@@ -215,9 +188,9 @@ def _history_routes(router: APIRouter, store: FleetStore) -> None:
         ] = None,
         max_points: Annotated[int, Query(ge=10, le=5000)] = 1000,
     ) -> TelemetryHistory:
-        checked = await _known_vin(store, vin)
-        end = _utc(end) or datetime.now(UTC)
-        start = _utc(start) or end - DEFAULT_HISTORY
+        checked = await known_vin(vin, store.vehicle_exists)
+        end = as_utc(end) or datetime.now(UTC)
+        start = as_utc(start) or end - DEFAULT_HISTORY
         _range(start, end)
         if end - start > MAX_HISTORY_RANGE:
             raise Problem(
@@ -246,8 +219,8 @@ def _history_routes(router: APIRouter, store: FleetStore) -> None:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> EventPage:
-        checked = await _known_vin(store, vin)
-        start, end = _utc(start), _utc(end)
+        checked = await known_vin(vin, store.vehicle_exists)
+        start, end = as_utc(start), as_utc(end)
         _range(start, end)
         return await _db(
             store.events(
@@ -277,11 +250,11 @@ def _history_routes(router: APIRouter, store: FleetStore) -> None:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> EventPage:
-        start, end = _utc(start), _utc(end)
+        start, end = as_utc(start), as_utc(end)
         _range(start, end)
         return await _db(
             store.events(
-                vin=_vin(vin) if vin is not None else None,
+                vin=checked_vin(vin) if vin is not None else None,
                 types=event_type or [],
                 start=start,
                 end=end,
@@ -311,7 +284,7 @@ def _admin_routes(router: APIRouter, store: FleetStore) -> None:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> DeadLetterPage:
-        start, end = _utc(start), _utc(end)
+        start, end = as_utc(start), as_utc(end)
         _range(start, end)
         return await _db(
             store.dead_letters(

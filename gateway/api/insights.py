@@ -16,12 +16,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from gateway.api.auth import require
+from gateway.api.params import (
+    Admin,
+    From,
+    To,
+    Viewer,
+    VinPath,
+    as_utc,
+    checked_vin,
+    guarded,
+    known_vin,
+)
 from gateway.api.problems import Problem
-from gateway.auth import Principal, Role
-from gateway.errors import StorageError
 from gateway.insights import (
     AreaError,
     InsightRefresher,
@@ -37,7 +45,6 @@ from gateway.insights import (
     WearGrouping,
     WearReport,
 )
-from schemas import VinError, parse_vin
 
 __all__ = ["MAX_INSIGHT_RANGE", "insights_router"]
 
@@ -45,46 +52,23 @@ MAX_INSIGHT_RANGE: Final = timedelta(days=92)
 MAX_TRIPS_RANGE: Final = timedelta(days=31)
 T = TypeVar("T")
 
-VinPath = Annotated[str, Path(description="The car's VIN (17 characters, ISO 3779).")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Trips per page.")]
 Cursor = Annotated[
     str | None,
     Query(max_length=64, pattern=r"^[0-9]{1,20}\.[A-Z0-9]{17}$", description="`next_cursor`."),
 ]
-From = Annotated[
-    datetime | None,
-    Query(alias="from", description="Start (inclusive), ISO 8601; no zone means UTC."),
-]
-To = Annotated[
-    datetime | None, Query(alias="to", description="End (exclusive), ISO 8601; no zone means UTC.")
-]
 Model = Annotated[
     str | None, Query(pattern=r"^[a-z0-9_]{1,64}$", description="Vehicle profile, e.g. vw_mqb.")
 ]
-Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
-Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 _DEFAULT_RULES: Final = ServiceRules()
 _LATLON = r"^\s*-?[0-9]{1,2}(\.[0-9]+)?\s*,\s*-?[0-9]{1,3}(\.[0-9]+)?\s*$"
-
-
-def _vin(vin: str) -> str:
-    try:
-        return parse_vin(vin)
-    except VinError as exc:
-        raise Problem(422, "invalid-vin", str(exc)) from exc
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _window(
     start: datetime | None, end: datetime | None, default: timedelta, longest: timedelta
 ) -> tuple[datetime, datetime]:
-    end = _utc(end) or datetime.now(UTC)
-    start = _utc(start) or end - default
+    end = as_utc(end) or datetime.now(UTC)
+    start = as_utc(start) or end - default
     try:
         length = end - start
     except OverflowError as exc:  # pragma: no cover - datetimes at the edges of the calendar
@@ -99,12 +83,8 @@ def _window(
 
 
 async def _db(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except TripCursorError as exc:
-        raise Problem(422, "invalid-cursor", f"{exc}: start again without `cursor`") from exc
-    except StorageError as exc:
-        raise Problem(503, "database-unavailable", f"{exc}; try again shortly") from exc
+    """A store call: bad cursors and database trouble become problem details."""
+    return await guarded(call, (TripCursorError,))
 
 
 def insights_router(store: InsightStore, refresher: InsightRefresher | None) -> APIRouter:
@@ -114,13 +94,6 @@ def insights_router(store: InsightStore, refresher: InsightRefresher | None) -> 
     _insight_routes(router, store)
     _refresh_route(router, refresher)
     return router
-
-
-async def _known_vin(store: InsightStore, vin: str) -> str:
-    checked = _vin(vin)
-    if not await _db(store.vehicle_exists(checked)):
-        raise Problem(404, "unknown-vehicle", f"vehicle {checked} is unknown to this fleet")
-    return checked
 
 
 def _trip_routes(router: APIRouter, store: InsightStore) -> None:
@@ -139,7 +112,7 @@ def _trip_routes(router: APIRouter, store: InsightStore) -> None:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> TripPage:
-        checked = await _known_vin(store, vin)
+        checked = await known_vin(vin, store.vehicle_exists)
         first, last = _window(start, end, timedelta(days=7), MAX_INSIGHT_RANGE)
         return await _db(
             store.trips(vin=checked, start=first, end=last, limit=limit, cursor=cursor)
@@ -160,7 +133,7 @@ def _trip_routes(router: APIRouter, store: InsightStore) -> None:
         _: Viewer,
         max_points: Annotated[int, Query(ge=10, le=5000, description="Track points.")] = 1000,
     ) -> Trip:
-        checked = await _known_vin(store, vin)
+        checked = await known_vin(vin, store.vehicle_exists)
         trip = await _db(store.trip(checked, trip_id, max_points=max_points))
         if trip is None:
             raise Problem(404, "unknown-trip", f"vehicle {checked} has no trip {trip_id}")
@@ -245,7 +218,7 @@ def _insight_routes(router: APIRouter, store: InsightStore) -> None:
                 group_by=group,
                 tz=tz,
                 model=model,
-                vin=_vin(vin) if vin is not None else None,
+                vin=checked_vin(vin) if vin is not None else None,
             )
         )
         # Serialized once here: FastAPI would dump, validate and serialize the model again,
