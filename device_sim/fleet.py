@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import heapq
 import random
@@ -326,13 +327,21 @@ class Fleet:
         if self._stopping.is_set():
             return
         car.ecus.send_all()
-        now = asyncio.get_running_loop().time()
-        car.running, car.last_step, car.next_step = True, now, now
-        heapq.heappush(self._due, (now, car.index, car))
+        # The car starts driving once it is online: while a fleet connects, the cores go to
+        # connecting, not to thousands of cars queueing samples nobody can send yet. From
+        # then on it lives on whatever its connection does (dead zones queue, as in a car).
+        car.unit.on_connected = functools.partial(self._join, car)
         try:
             await car.unit.run()
         finally:
             car.running = False  # the ticker drops it
+
+    def _join(self, car: SimulatedCar) -> None:
+        if car.running:
+            return
+        now = asyncio.get_running_loop().time()
+        car.running, car.last_step, car.next_step = True, now, now
+        heapq.heappush(self._due, (now, car.index, car))
 
     async def _tick_loop(self) -> None:
         """Step every running car when it is due, from this one task.

@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -227,6 +227,9 @@ class TelematicsUnit:
         self.boot_id = uuid.uuid4().hex
         self.counters = UnitCounters()
         self.connected = asyncio.Event()
+        # Called at every connect, once the session is set up (a fleet starts the car's life
+        # at its first one).
+        self.on_connected: Callable[[], None] | None = None
         # During a staged rotation (tgw rotate) the new password first, the old one second: the
         # unit switches when the broker refuses one, so it is never locked out.
         fallback = mqtt.password_fallback.get_secret_value() if mqtt.password_fallback else None
@@ -532,6 +535,8 @@ class TelematicsUnit:
         self._report_overflow()
         self._log.info("connected", backlog=outbox.size, session=self.counters.sessions)
         self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
         drain = asyncio.create_task(self._drain_backlog(live_from), name=f"backlog:{self.vin}")
         stop = asyncio.create_task(self._stopping.wait(), name=f"stop:{self.vin}")
         try:
