@@ -45,6 +45,7 @@ import psycopg
 from bench._cars import CarHost, CarHostConfig
 from bench._gateway import GatewayProcess
 from bench._operator import CommandSample, Operator
+from bench._pgwaits import SessionSampler
 from bench._phases import Meters, postgres_pids, say, tree
 from bench._stack import BenchStack
 from gateway.auth import Role, TokenStore
@@ -368,8 +369,16 @@ class CommandsBenchmark:
         task = asyncio.create_task(run)
         await asyncio.wait({task}, timeout=warmup_s)
         before, started = self.meters.sample(), time.monotonic()
-        measure_from, end = await task
+        # What the database sessions wait for (row locks, WAL flushes, the NOTIFY queue's lock).
+        sessions = SessionSampler(self.stack.dsn)
+        sessions.start()
+        try:
+            measure_from, end = await task
+        finally:
+            waits = sessions.stop()
         self.cpu[name] = _cpu_pct(before, self.meters.sample(), started)
+        suffix = {"idle": "", "loaded": "_loaded", "throughput": "_throughput"}[name]
+        self.results[f"pg_sessions_pct{suffix}"] = waits
         self._summarise(name, end - measure_from)
 
     def _start_profiler(self, gateway: GatewayProcess) -> Any:
