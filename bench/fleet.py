@@ -224,6 +224,7 @@ class FleetBenchmark:
                 "queued",
                 "overflow_dropped",
                 "publish_refused",
+                "gc_cpu_s",
             )
             if key in summary
         }

@@ -148,7 +148,10 @@ def _merge(summaries: list[dict[str, Any]]) -> FleetSummary:
         elif field.name == "connect_s":
             totals[field.name] = None if None in values else max(values)
         elif field.name == "extra":
-            totals[field.name] = {"processes": len(summaries)}
+            totals[field.name] = {
+                "processes": len(summaries),
+                "gc_cpu_s": round(sum(s["extra"].get("gc_cpu_s", 0.0) for s in summaries), 2),
+            }
         else:
             totals[field.name] = (
                 round(sum(values), 1) if isinstance(values[0], float) else sum(values)
