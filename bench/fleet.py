@@ -63,7 +63,7 @@ _CONNECT_TIMEOUT_S = 600.0
 class Options:
     vehicles: int
     processes: int
-    connect_rate: float | None
+    connect_rate: float
     connect_concurrency: int | None
     seconds: float
     warmup_s: float
@@ -99,13 +99,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--processes",
         type=int,
         default=None,
-        help=f"simulator worker processes [one per {_CARS_PER_PROCESS:,} cars]",
+        help=f"simulator worker processes [one per {_CARS_PER_PROCESS:,} cars, at least 2 "
+        "above 5,000]",
     )
     parser.add_argument(
         "--connect-rate",
         type=float,
-        default=None,
-        help="cars connecting per second, the whole fleet [tgw sim fleet's default]",
+        default=1000.0,
+        help="cars taking their turn to connect per second, the whole fleet [1000]",
     )
     parser.add_argument(
         "--connect-concurrency",
@@ -136,7 +137,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if args.vehicles < 1:
         parser.error("--vehicles must be at least 1")
-    processes = args.processes or max(1, math.ceil(args.vehicles / _CARS_PER_PROCESS))
+    # Two processes from 5,000 cars: while the fleet connects, the cars already connected
+    # drive and publish, and one event loop is CPU-bound before the ramp is over.
+    processes = args.processes or max(
+        math.ceil(args.vehicles / _CARS_PER_PROCESS), 2 if args.vehicles > 5_000 else 1
+    )
     if processes < 1:
         parser.error("--processes must be at least 1")
     return Options(
@@ -234,7 +239,7 @@ class FleetBenchmark:
 
     def _connect(self) -> None:
         options = self.options
-        say(f"connecting (--connect-rate {options.connect_rate or 'default'}) ...")
+        say(f"connecting (--connect-rate {options.connect_rate:g}) ...")
         started = time.monotonic()
         last_count, last_change = -1, started
         next_line = started
