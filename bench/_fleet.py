@@ -62,7 +62,8 @@ class FleetOptions:
     parked_interval_s: float = 60.0
     driving_share: float | None = None
     connect_rate: float | None = None
-    connect_concurrency: int | None = None
+    # A whole number; typed float like the fault options, which callers pass as **floats.
+    connect_concurrency: float | None = None
     progress_every_s: float = 1.0
     dead_zone_share: float = 0.0
     dead_zone_after_s: float = 0.0
@@ -87,7 +88,7 @@ class FleetOptions:
         if self.connect_rate is not None:
             args += ["--connect-rate", str(self.connect_rate)]
         if self.connect_concurrency is not None:
-            args += ["--connect-concurrency", str(self.connect_concurrency)]
+            args += ["--connect-concurrency", str(int(self.connect_concurrency))]
         if self.dead_zone_share:
             args += [
                 "--dead-zone-share", str(self.dead_zone_share),
