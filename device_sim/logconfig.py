@@ -14,6 +14,17 @@ import structlog
 __all__ = ["configure_logging"]
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is now (loggers are cached; stderr may be swapped, e.g.
+    by a test runner capturing output, and the one seen at configuration closed)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     """Configure structlog and the standard library's logging for this process.
 
@@ -37,8 +48,8 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]  # a TextIO in all that WriteLogger uses
         cache_logger_on_first_use=True,
     )
     # paho and python-can log through the standard library; keep them at WARNING.
-    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=_CurrentStderr())

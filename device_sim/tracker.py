@@ -8,6 +8,7 @@ outside their range become (rate-limited) `signal_out_of_range` events.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from schemas.events import (
     LowVoltageEvent,
     SignalOutOfRangeEvent,
 )
-from schemas.signals import SIGNAL_NAMES, Signals
+from schemas.signals import SIGNAL_CATALOG, SIGNAL_NAMES, Signals
 
 __all__ = ["EventDraft", "SignalTracker", "TrackerThresholds"]
 
@@ -46,6 +47,22 @@ _POSITION = frozenset({"lat", "lon"})
 # (outside, one says 1e-05 and the other 0.00001 or 1e-5).
 _PLAIN_MIN = 1e-4
 _PLAIN_MAX = 1e16
+# Each float signal's accepted range (low, high, high excluded): a value outside it goes through
+# the model, which refuses it, so the hot path never writes what `snapshot()` would not.
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    spec.name: (
+        spec.minimum if spec.minimum is not None else -math.inf,
+        spec.maximum if spec.maximum is not None else math.inf,
+        spec.maximum_exclusive,
+    )
+    for spec in SIGNAL_CATALOG
+}
+
+
+def _within(name: str, value: float) -> bool:
+    low, high, high_excluded = _BOUNDS[name]
+    return low <= value and (value < high if high_excluded else value <= high)
+
 
 EventModel = (
     type[DoorEvent]
@@ -229,7 +246,11 @@ class SignalTracker:
                 parts.append(f'"{name}":true')
             elif value is False:
                 parts.append(f'"{name}":false')
-            elif type(value) is float and (value == 0 or _PLAIN_MIN <= abs(value) < _PLAIN_MAX):
+            elif (
+                type(value) is float
+                and (value == 0 or _PLAIN_MIN <= abs(value) < _PLAIN_MAX)
+                and _within(name, value)
+            ):
                 parts.append(f'"{name}":{value!r}')
             else:
                 snapshot = self.snapshot()
