@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +32,7 @@ import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from bench._harness import work_dir
 from bench._insights_data import load_fleet, plan_fleet, write_latest_state, write_span
 from gateway.api.app import create_app
 from gateway.api.health import HealthProbe
@@ -138,9 +137,9 @@ async def _refresh(dsn: str, mode: Any, action: str) -> tuple[float, Any]:
         return time.perf_counter() - started, report
 
 
-def run(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+def run(options: argparse.Namespace, directory: Path) -> dict[str, Any]:
     server = PostgresServer(
-        work_dir / "pg",
+        directory / "pg",
         timescaledb=None if options.storage == "auto" else options.storage == "timescaledb",
         durable=False,
     )
@@ -302,13 +301,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (the database)")
     options = parser.parse_args()
     configure_logging("WARNING")
-    work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="tgw-bench-insights-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run(options, work_dir)
-    finally:
-        if not options.keep:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    with work_dir(options.work_dir, options.keep, "tgw-bench-insights-") as directory:
+        result = run(options, directory)
     print(json.dumps(result), flush=True)
 
 

@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from bench._harness import work_dir
 from gateway.devstack import PostgresServer
 from gateway.insights import InsightRefresher, RefreshOptions
 from gateway.insights import refresher as refresher_module
@@ -146,9 +145,9 @@ async def _run(dsns: dict[str, str], mode: Any, options: argparse.Namespace) -> 
     return result
 
 
-def run(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+def run(options: argparse.Namespace, directory: Path) -> dict[str, Any]:
     server = PostgresServer(
-        work_dir / "pg",
+        directory / "pg",
         timescaledb=None if options.storage == "auto" else options.storage == "timescaledb",
         durable=False,
     )
@@ -190,13 +189,8 @@ def main() -> None:
     if any(m not in ("continued", "rederived") for m in options.modes.split(",")):
         parser.error("--modes: a comma-separated list of continued, rederived")
     configure_logging("WARNING")
-    work_dir = options.work_dir or Path(tempfile.mkdtemp(prefix="tgw-bench-open-trips-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run(options, work_dir)
-    finally:
-        if not options.keep:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    with work_dir(options.work_dir, options.keep, "tgw-bench-open-trips-") as directory:
+        result = run(options, directory)
     print(json.dumps(result), flush=True)
 
 
