@@ -42,7 +42,9 @@ __all__ = [
 
 FIXED_T0 = datetime(2025, 3, 3, 6, 0, tzinfo=UTC)  # a Monday, 07:00 in Munich: golden files
 # Recent data by default: utilisation runs up to now, so old data would make months of idle hours.
-T0 = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+# A fixed hour of day (06:00 UTC, three days back) so no test's hours straddle midnight by chance
+# of when the suite runs (a week cell of T0 + 2 h once failed at 22:00).
+T0 = (datetime.now(UTC) - timedelta(days=3)).replace(hour=6, minute=0, second=0, microsecond=0)
 TELEMETRY_COLUMNS = (
     "time", "vin", "boot_id", "seq", "received_at", "lat", "lon", "heading", "speed", "fuel",
     "soc", "odometer", "batt_v", "ignition", "locked", "door_fl_open", "door_fr_open",

@@ -123,9 +123,10 @@ async def test_utilisation_of_a_small_fleet_by_hand(
         assert hours[(first + 1) % 24].trips == 1
         assert hours[first].rented_share == 0.0
         assert hours[(first + 5) % 24].rented_share is None  # no hour of the range
-        weekday = T0.isoweekday()
+        # Day and hour from the same instant: T0 + 2 h is on the next day when T0 is 22:00 or later.
+        c_hour = T0 + timedelta(hours=2)
         week = {(cell.day, cell.hour): cell for cell in per_model.week}
-        assert week[(weekday, (first + 2) % 24)].rented_share == round(1 / 3, 4)
+        assert week[(c_hour.isoweekday(), c_hour.hour)].rented_share == round(1 / 3, 4)
         # In Munich's time zone the same hours carry the local hour of day.
         local = await figures.utilisation(start=T0, end=end, group_by="model", tz="Europe/Berlin")
         offset = int(T0.astimezone(ZoneInfo("Europe/Berlin")).utcoffset().total_seconds() // 3600)  # type: ignore[union-attr]
