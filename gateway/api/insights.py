@@ -42,6 +42,7 @@ from gateway.insights import (
     TripPage,
     Utilisation,
     UtilisationGrouping,
+    UtilisationSort,
     WearGrouping,
     WearReport,
 )
@@ -53,6 +54,9 @@ MAX_TRIPS_RANGE: Final = timedelta(days=31)
 T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Trips per page.")]
+# A page of groups: the console's heat map asks for every cell of a city (about a thousand).
+MAX_GROUPS: Final = 10_000
+DEFAULT_GROUPS: Final = 500
 Cursor = Annotated[
     str | None,
     Query(max_length=64, pattern=r"^[0-9]{1,20}\.[A-Z0-9]{17}$", description="`next_cursor`."),
@@ -205,12 +209,26 @@ def _insight_routes(router: APIRouter, store: InsightStore) -> None:
         ] = "UTC",
         model: Model = None,
         vin: Annotated[str | None, Query(description="Only this car.")] = None,
+        sort: Annotated[
+            UtilisationSort,
+            Query(description="rented: most rented first; idle (group=car): longest idle first."),
+        ] = "rented",
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_GROUPS, description="Groups per page (`groups_total`: all).")
+        ] = DEFAULT_GROUPS,
+        offset: Annotated[int, Query(ge=0, description="Groups to skip.")] = 0,
     ) -> Response:
         first, last = _window(start, end, timedelta(days=7), MAX_INSIGHT_RANGE)
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise Problem(422, "unknown-time-zone", f"{tz!r} is not an IANA time zone") from exc
+        if sort == "idle" and group != "car":
+            raise Problem(
+                422,
+                "sort-needs-cars",
+                f"sort=idle orders cars by their idle time; use it with group=car (not {group})",
+            )
         result = await _db(
             store.utilisation(
                 start=first,
@@ -219,6 +237,9 @@ def _insight_routes(router: APIRouter, store: InsightStore) -> None:
                 tz=tz,
                 model=model,
                 vin=checked_vin(vin) if vin is not None else None,
+                sort=sort,
+                limit=limit,
+                offset=offset,
             )
         )
         # Serialized once here: FastAPI would dump, validate and serialize the model again,

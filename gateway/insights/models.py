@@ -23,6 +23,7 @@ __all__ = [
     "Utilisation",
     "UtilisationGroup",
     "UtilisationGrouping",
+    "UtilisationSort",
     "WearCounts",
     "WearGrouping",
     "WearReport",
@@ -31,6 +32,8 @@ __all__ = [
 
 DistanceCheck = Literal["ok", "mismatch", "odometer_only", "gnss_only", "unknown"]
 UtilisationGrouping = Literal["car", "model", "cell", "area"]
+# The order of `Utilisation.groups`: most rented first, or (per car) longest idle first.
+UtilisationSort = Literal["rented", "idle"]
 WearGrouping = Literal["car", "model"]
 ServiceKind = Literal[
     "low_fuel", "low_charge", "low_battery", "door_open_parked", "not_rented", "offline"
@@ -129,7 +132,8 @@ class Utilisation(_Model):
     tz: str
     group_by: UtilisationGrouping
     refreshed_at: datetime | None = Field(description="Figures include data up to this time.")
-    total: UtilisationGroup
+    total: UtilisationGroup = Field(description="Every group of the selection together.")
+    groups_total: int = Field(description="How many groups there are; `groups` is one page.")
     groups: list[UtilisationGroup]
     by_hour: list[HourCell] = Field(description="24 hours, every day of the range together.")
     by_weekday: list[HourCell] = Field(description="7 days, all hours together (hour = -1).")

@@ -178,15 +178,33 @@ async def test_utilisation_service_wear_and_roles(
             ).json()
             assert [g["key"] for g in one_car["groups"]] == [b.vin]
             assert one_car["groups"][0]["rented_share"] == 0.0
+            # The console's idle list: the longest idle car only, counted among all three.
+            idle = (
+                await viewer.get(
+                    "/v1/insights/utilisation",
+                    params=window | {"group": "car", "sort": "idle", "limit": 1},
+                )
+            ).json()
+            assert [g["key"] for g in idle["groups"]] == [b.vin]
+            assert (idle["groups_total"], idle["total"]["cars"]) == (3, 3)
             for bad in (
                 {"tz": "Mars/Olympus_Mons"},
                 {"group": "planet"},
                 {"vin": "nope"},
                 {"from": "2025-01-01T00:00:00Z", "to": "2025-12-01T00:00:00Z"},
+                {"limit": 0},
+                {"limit": 10_001},
+                {"offset": -1},
+                {"sort": "alphabet"},
             ):
                 refused = await viewer.get("/v1/insights/utilisation", params=bad)
                 assert refused.status_code == 422, bad
                 assert refused.headers["content-type"] == PROBLEM
+            refused = await viewer.get(
+                "/v1/insights/utilisation", params={"group": "model", "sort": "idle"}
+            )
+            assert refused.status_code == 422
+            assert "use it with group=car" in refused.json()["detail"]
 
             service = await viewer.get(
                 "/v1/insights/service", params={"from": "48.137,11.575", "idle_hours": 1}

@@ -106,6 +106,24 @@ async def test_utilisation_of_a_small_fleet_by_hand(
         assert per_car.total.trips == 2
         # Most rented first.
         assert [g.key for g in per_car.groups] == [c.vin, a.vin, b.vin]
+        assert per_car.groups_total == 3
+        # Pages of that order; `total` and `groups_total` always cover every car.
+        pages = [
+            await figures.utilisation(
+                start=T0, end=end, group_by="car", tz="UTC", limit=2, offset=offset
+            )
+            for offset in (0, 2, 3)
+        ]
+        assert [[g.key for g in page.groups] for page in pages] == [[c.vin, a.vin], [b.vin], []]
+        assert {page.groups_total for page in pages} == {3}
+        assert {page.total for page in pages} == {per_car.total}
+        # A car's idle time is looked up for the page's cars too.
+        assert pages[0].groups[1].last_trip_end == trip_a.end
+        assert pages[0].groups[1].idle_since_s == pytest.approx(idle_since, abs=5)
+        # Longest idle first: B never rented, A's rental ended before C's.
+        idle = await figures.utilisation(start=T0, end=end, group_by="car", tz="UTC", sort="idle")
+        assert [g.key for g in idle.groups] == [b.vin, a.vin, c.vin]
+        assert idle.groups[1].rented_s == rented_a
 
         per_model = await figures.utilisation(start=T0, end=end, group_by="model", tz="UTC")
         models = {g.key: g for g in per_model.groups}

@@ -193,9 +193,12 @@ function showError(target, error) {
 async function loadUtilisation() {
   const params = rangeParams(state.days);
   params.set("tz", TZ);
-  const get = (group) => state.api.get(`/v1/insights/utilisation?${params}&group=${group}`);
+  const get = (query) => state.api.get(`/v1/insights/utilisation?${params}&${query}`);
   try {
-    const [cells, models, cars] = await Promise.all([get("cell"), get("model"), get("car")]);
+    // Every cell for the heat map; of the cars only the longest idle (the list shows 8).
+    const [cells, models, cars] = await Promise.all([
+      get("group=cell&limit=10000"), get("group=model"), get("group=car&sort=idle&limit=8"),
+    ]);
     state.utilisation = { cells, models, cars };
     renderUtilisation();
   } catch (error) {
@@ -224,7 +227,7 @@ function renderUtilisation() {
     for (const text of [g.key, String(g.cars), pct(g.rented_share), num(g.trips_per_car_day), num(g.km, 0)]) row.append(el("td", null, text));
     return row;
   }));
-  const idle = [...cars.groups].filter((g) => g.idle_since_s != null).sort((a, b) => b.idle_since_s - a.idle_since_s).slice(0, 8);
+  const idle = cars.groups.filter((g) => g.idle_since_s != null);
   $("u-idle").replaceChildren(...idle.map((g) => {
     const item = el("li");
     item.append(el("span", "vin", g.key), el("span", "muted", `idle ${duration(g.idle_since_s)}`));
