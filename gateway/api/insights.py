@@ -328,6 +328,7 @@ def _refresh_route(router: APIRouter, refresher: InsightRefresher | None) -> Non
             skipped=report.skipped,
             rebuild=report.rebuild,
             cars=report.cars,
+            cars_continued=report.cars_continued,
             trips_deleted=report.trips_deleted,
             trips_written=report.trips_written,
             utilisation_rows=report.utilisation_rows,

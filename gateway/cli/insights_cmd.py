@@ -63,7 +63,8 @@ def _print(report: RefreshReport) -> None:
         typer.echo("another gateway is refreshing right now: nothing done (try again shortly)")
         return
     typer.echo(
-        f"{'rebuilt' if report.rebuild else 'refreshed'}: {report.cars} car(s), "
+        f"{'rebuilt' if report.rebuild else 'refreshed'}: {report.cars} car(s) "
+        f"({report.cars_continued} open trip(s) continued), "
         f"{report.trips_written} trip(s) written ({report.trips_deleted} replaced), "
         f"{report.utilisation_rows} utilisation row(s), in {report.duration_s:.1f} s"
     )

@@ -216,6 +216,9 @@ class RefreshResult(_Model):
     skipped: bool
     rebuild: bool
     cars: int
+    cars_continued: int = Field(
+        description="Of `cars`: open trips continued with only their new samples."
+    )
     trips_deleted: int
     trips_written: int
     utilisation_rows: int

@@ -234,6 +234,7 @@ async def test_utilisation_service_wear_and_roles(
             refreshed = await admin.post("/v1/insights/refresh")
             assert refreshed.status_code == 200, refreshed.text
             assert refreshed.json()["rebuild"] is False
+            assert 0 <= refreshed.json()["cars_continued"] <= refreshed.json()["cars"]
         async with api(settings) as anonymous:
             for path in (
                 "/v1/trips",
