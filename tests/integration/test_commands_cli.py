@@ -129,7 +129,10 @@ async def test_lock_and_unlock_show_progress_and_exit_with_the_outcome(
             await wait_registered(migrated_database, car.vin)
             rejected = await tgw("lock", car.vin, env=env)
     assert rejected.code == 1
-    assert "rejected by the car: precondition_failed (doors_closed)" in rejected.err, rejected.out
+    assert (
+        "rejected by the car: precondition_failed (doors_closed); "
+        "a door is open: close it, then try again" in rejected.err
+    ), rejected.out
     assert "Traceback" not in rejected.err
 
 
