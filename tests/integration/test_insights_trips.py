@@ -56,16 +56,19 @@ async def trips(dsn: str) -> list[dict[str, Any]]:
 
 
 async def utilisation(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
-    """The utilisation tables up to the last closed hour and day, rounded to milliseconds."""
+    """The utilisation tables up to the hour and day closed an hour ago, rounded to
+    milliseconds (idle time runs up to now: an hour or a day that closed between the two
+    derivations compared would differ for that reason alone)."""
     queries = {
         "hourly": "SELECT bucket, vin, cell_y, cell_x, rented_s, idle_s, trips, km "
-        "FROM utilisation_hourly WHERE bucket < date_trunc('hour', now())",
+        "FROM utilisation_hourly WHERE bucket < date_trunc('hour', now() - interval '1 hour')",
         "model": "SELECT bucket, model, cars, rented_s, idle_s, trips, km "
-        "FROM utilisation_model_hourly WHERE bucket < date_trunc('hour', now())",
+        "FROM utilisation_model_hourly "
+        "WHERE bucket < date_trunc('hour', now() - interval '1 hour')",
         "cell": "SELECT day, model, cell_y, cell_x, rented_s, idle_s, trips, km "
-        "FROM utilisation_cell_daily WHERE day < date_trunc('day', now())",
+        "FROM utilisation_cell_daily WHERE day < date_trunc('day', now() - interval '1 hour')",
         "car": "SELECT day, vin, rented_s, idle_s, trips, km "
-        "FROM utilisation_car_daily WHERE day < date_trunc('day', now())",
+        "FROM utilisation_car_daily WHERE day < date_trunc('day', now() - interval '1 hour')",
     }
     result = {}
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
