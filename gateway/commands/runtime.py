@@ -6,9 +6,10 @@
     ...
     commands.close_streams()                                     # before stopping HTTP
 
-Tasks: `command-events` (LISTEN), `command-sweeper` (deadlines, time-outs, verification, also
-right at start-up for commands left over by a previous run), `command-results-N` (apply car
-results), `command-dispatch` (only with a signing key).
+Tasks: `command-events` (LISTEN), `command-create` (new commands, in batches when they queue
+up), `command-sweeper` (deadlines, time-outs, verification, also right at start-up for commands
+left over by a previous run), `command-results-N` (apply car results), `command-dispatch` (only
+with a signing key).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.auth import TokenAuthenticator
+from gateway.commands.batching import CreateBatcher
 from gateway.commands.dispatcher import CommandDispatcher, CommandPublisher
 from gateway.commands.events import CommandEventHub
 from gateway.commands.metrics import CommandMetrics
@@ -78,12 +80,18 @@ class CommandSystem:
             ),
             dead_letter_payload_bytes=ingest.dead_letter_payload_bytes,
         )
+        self.creator = CreateBatcher(
+            self.store,
+            busy_policy=commands.busy_policy,
+            max_queued=commands.max_queued_per_vehicle,
+        )
         self.service = CommandService(
             self.store,
             self.hub,
             commands,
             self.metrics,
             signing_enabled=self.signer is not None,
+            creator=self.creator,
         )
         self.authenticator = TokenAuthenticator(pool)
 
@@ -106,6 +114,7 @@ class CommandSystem:
             self.intake.on_event = on_event
         started = [
             tasks.create_task(self.hub.run(), name="command-events"),
+            tasks.create_task(self.creator.run(), name="command-create"),
             tasks.create_task(
                 run_sweeper(self.store, self.settings, self.metrics, on_event),
                 name="command-sweeper",

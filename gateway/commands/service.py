@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from uuid import UUID
 
+from gateway.commands.batching import CreateBatcher
 from gateway.commands.errors import CommandRefusedError
 from gateway.commands.events import CommandEventHub
 from gateway.commands.lifecycle import stream_ends
@@ -17,7 +18,7 @@ from gateway.commands.models import (
     RateLimits,
 )
 from gateway.commands.rental import RentalEndReport, check_rental_end
-from gateway.commands.store import CommandStore
+from gateway.commands.store import CommandStore, CreateRequest
 from gateway.config import CommandSettings
 from schemas import MAX_COMMAND_TTL_MS
 
@@ -38,8 +39,14 @@ class CommandService:
         metrics: CommandMetrics,
         *,
         signing_enabled: bool,
+        creator: CreateBatcher | None = None,
     ) -> None:
         self._store = store
+        self._creator = creator or CreateBatcher(
+            store,
+            busy_policy=settings.busy_policy,
+            max_queued=settings.max_queued_per_vehicle,
+        )
         self._hub = hub
         self._settings = settings
         self._metrics = metrics
@@ -77,13 +84,8 @@ class CommandService:
                 kind="bad-ttl",
             )
         try:
-            record, created = await self._store.create(
-                new,
-                ttl_s=ttl_s,
-                busy_policy=self._settings.busy_policy,
-                max_queued=self._settings.max_queued_per_vehicle,
-                limits=limits,
-            )
+            # Requests that arrive together are queued in one transaction (batching.py).
+            record, created = await self._creator.create(CreateRequest(new, ttl_s, limits))
         except CommandRefusedError as exc:
             self._metrics.refused.labels(exc.kind).inc()
             raise

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import math
 import secrets
 import time
@@ -56,6 +57,7 @@ __all__ = [
     "EVENTS_CHANNEL",
     "ClaimedCommand",
     "CommandStore",
+    "CreateRequest",
     "DispatchOutcome",
     "Dispatched",
     "GatewayReason",
@@ -99,27 +101,71 @@ SELECT {_COMMAND_COLUMNS},
 FROM commands c WHERE c.id = %s
 """  # noqa: S608  # constants only
 
-# Insert, record `queued`, audit and announce, in one statement. ON CONFLICT: the same
-# idempotency key committed by a concurrent request; then nothing is inserted or announced.
-_INSERT_COMMAND = f"""
+# The cars of a batch of new commands, locked in one order (two batches never wait for each
+# other in opposite orders): one creator per car at a time, so the busy check cannot be raced.
+_LOCK_CARS = """
+SELECT count(pg_advisory_xact_lock(%s, hashtext(v)))
+FROM (SELECT v FROM unnest(%s::text[]) AS v ORDER BY v) AS cars
+"""
+_BY_KEYS = f"""
+SELECT {_COMMAND_COLUMNS} FROM commands c
+JOIN unnest(%s::text[], %s::text[]) AS k (requester, key)
+  ON c.requested_by = k.requester AND c.idempotency_key = k.key
+"""  # noqa: S608  # constants only
+_CARS = """
+SELECT v.vin, v.capabilities,
+       (SELECT count(*) FROM commands c
+        WHERE c.vin = v.vin AND c.status = ANY(%(active)s)) AS active
+FROM vehicles v WHERE v.vin = ANY(%(vins)s)
+"""
+# The rate limits' counts, each only up to its limit (a check costs at most `limit` index
+# entries; a 0 limit counts nothing), in the creating transaction after the cars' locks (so
+# the per-car limit is exact; the per-operator one may be exceeded by the requests in flight
+# in other transactions), once per car and once per operator of the batch.
+_RATE_COUNTS = """
+SELECT 'vin' AS counted, v AS value, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM commands
+        WHERE vin = v AND created_at > now() - make_interval(secs => %(window)s)
+        LIMIT %(per_vehicle)s) x) AS n
+FROM unnest(%(vins)s::text[]) AS v
+UNION ALL
+SELECT 'requested_by', o, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM commands
+        WHERE requested_by = o AND created_at > now() - make_interval(secs => %(window)s)
+        LIMIT %(per_operator)s) x)
+FROM unnest(%(operators)s::text[]) AS o
+"""
+# Insert, record `queued`, audit and announce, for every new command of a batch in one
+# statement. ON CONFLICT: the same idempotency key committed by a concurrent request; then
+# nothing is inserted or announced for that one.
+_INSERT_COMMANDS = f"""
 WITH clock AS (SELECT date_trunc('milliseconds', clock_timestamp()) AS t),
 inserted AS (
     INSERT INTO commands AS c
         (vin, action, requested_by, idempotency_key, issued_at, expires_at, nonce)
-    SELECT %(vin)s, %(action)s, %(by)s, %(key)s, t,
-           t + make_interval(secs => %(ttl)s), %(nonce)s FROM clock
+    SELECT n.vin, n.action, n.requester, n.key, clock.t,
+           clock.t + make_interval(secs => n.ttl), n.nonce
+    FROM unnest(%(vins)s::text[], %(actions)s::text[], %(requesters)s::text[],
+                %(keys)s::text[], %(ttls)s::int[], %(nonces)s::text[])
+         AS n (vin, action, requester, key, ttl, nonce), clock
     ON CONFLICT ON CONSTRAINT commands_idempotency_key DO NOTHING
     RETURNING {_COMMAND_COLUMNS}
+), ttl AS (
+    SELECT i.*, 'operator:' || i.requested_by AS actor,
+           round(extract(epoch FROM i.expires_at - i.issued_at))::int AS ttl_s
+    FROM inserted i
 ), transition AS (
     INSERT INTO command_transitions (command_id, status, actor, detail)
-    SELECT command_id, 'queued', %(actor)s, %(detail)s FROM inserted
+    SELECT command_id, 'queued', actor, jsonb_build_object('ttl_s', ttl_s) FROM ttl
     RETURNING id, command_id, at
 ), audited AS (
     INSERT INTO audit_log (actor, action, target, detail)
     SELECT requested_by, 'command.queued', vin, jsonb_build_object(
         'command_id', command_id, 'action', action, 'status', 'queued',
-        'by', %(actor)s::text, 'ttl_s', %(ttl)s::int, 'idempotency_key', idempotency_key)
-    FROM inserted
+        'by', actor, 'ttl_s', ttl_s, 'idempotency_key', idempotency_key)
+    FROM ttl
     RETURNING 1
 )
 SELECT i.*, pg_notify('{EVENTS_CHANNEL}', json_build_object(
@@ -127,21 +173,6 @@ SELECT i.*, pg_notify('{EVENTS_CHANNEL}', json_build_object(
     'status', 'queued', 'at', t.at)::text) AS notified
 FROM inserted i JOIN transition t ON t.command_id = i.command_id
 """  # noqa: S608  # constants only
-
-# The rate limits' counts, each only up to its limit (a check costs at most `limit` index
-# entries; a 0 limit counts nothing), in the creating transaction after the car's lock (so the
-# per-car limit is exact; the per-operator one may be exceeded by the requests in flight).
-_RATE_COUNTS = """
-SELECT
-    (SELECT count(*) FROM (
-        SELECT 1 FROM commands
-        WHERE requested_by = %(by)s AND created_at > now() - make_interval(secs => %(window)s)
-        LIMIT %(per_operator)s) o) AS by_operator,
-    (SELECT count(*) FROM (
-        SELECT 1 FROM commands
-        WHERE vin = %(vin)s AND created_at > now() - make_interval(secs => %(window)s)
-        LIMIT %(per_vehicle)s) v) AS by_vehicle
-"""
 # Only when refusing: when the oldest command that counts leaves the window (Retry-After).
 _FREE_IN = """
 SELECT extract(epoch FROM min(created_at) + make_interval(secs => %(window)s) - now())
@@ -211,6 +242,60 @@ _MOVE_ONE = {
 }
 _MOVE_ONE[Status.REJECTED] = _MOVE_ONE[Status.FAILED]
 _MOVE_ONE[Status.EXECUTED] = _MOVE_ONE[Status.FAILED]
+
+# Many cars' results in one statement (a result worker's batch): each row of `u` moves its
+# command as `_MOVE_ONE[target]` would, `accepted` setting the acceptance columns and the final
+# states the outcome's. Never two rows for one command in a statement (see `apply_results`).
+_APPLY_RESULTS = f"""
+WITH u AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(vins)s::text[], %(targets)s::text[], %(sources)s::text[],
+        %(car_ats)s::timestamptz[], %(reasons)s::text[], %(details)s::text[],
+        %(preconditions)s::text[], %(states)s::text[], %(transition_details)s::text[])
+    AS u (id, vin, target, sources, car_at, reason, detail, preconditions, state,
+          transition_detail)
+), moved AS (
+    UPDATE commands c SET
+        status = u.target, updated_at = now(),
+        accepted_at = CASE WHEN u.target = 'accepted' THEN now() ELSE c.accepted_at END,
+        car_accepted_at = CASE WHEN u.target = 'accepted' THEN u.car_at
+                               ELSE c.car_accepted_at END,
+        finished_at = CASE WHEN u.target = 'accepted' THEN c.finished_at ELSE now() END,
+        car_finished_at = CASE WHEN u.target = 'accepted' THEN c.car_finished_at
+                               ELSE u.car_at END,
+        reason = CASE WHEN u.target = 'accepted' THEN c.reason ELSE u.reason END,
+        detail = CASE WHEN u.target = 'accepted' THEN c.detail ELSE u.detail END,
+        failed_preconditions = CASE WHEN u.target = 'accepted' THEN c.failed_preconditions
+            ELSE ARRAY(SELECT jsonb_array_elements_text(u.preconditions::jsonb)) END,
+        result_state = CASE WHEN u.target = 'accepted' THEN c.result_state
+                            ELSE u.state::jsonb END
+    FROM u
+    WHERE c.id = u.id AND c.vin = u.vin AND c.status = ANY(string_to_array(u.sources, ','))
+    RETURNING c.id, c.vin, c.action, c.status, c.requested_by, c.reason, c.detail,
+              c.failed_preconditions, u.transition_detail
+), transition AS (
+    INSERT INTO command_transitions (command_id, status, actor, detail)
+    SELECT id, status, 'car:' || vin, transition_detail::jsonb FROM moved
+    RETURNING id, command_id, status, at
+), audited AS (
+    INSERT INTO audit_log (actor, action, target, detail)
+    SELECT m.requested_by, 'command.' || m.status, m.vin, jsonb_build_object(
+        'command_id', m.id, 'action', m.action, 'status', m.status, 'by', 'car:' || m.vin,
+        'reason', m.reason, 'detail', m.detail)
+    FROM moved m
+    RETURNING 1
+)
+SELECT t.id AS transition_id, t.command_id, m.vin, m.action, t.status, t.at, m.reason, m.detail,
+       m.failed_preconditions,
+       pg_notify('{EVENTS_CHANNEL}', json_build_object(
+           'transition_id', t.id, 'command_id', t.command_id, 'vin', m.vin, 'action', m.action,
+           'status', t.status, 'at', t.at, 'reason', m.reason, 'detail', m.detail,
+           'failed_preconditions', m.failed_preconditions)::text) AS notified
+FROM transition t JOIN moved m ON m.id = t.command_id
+"""  # noqa: S608  # constants only
+# A batch's commands locked first, in one order, so that two batches never wait for each
+# other's rows in opposite orders.
+_LOCK_COMMANDS = "SELECT 1 FROM commands WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 
 # Dispatch, for one car or many at once, in one transaction of two round trips:
 #   1. BEGIN; try each car's dispatch lock (the cars it got are kept in a transaction-local
@@ -352,6 +437,15 @@ class SignedCommand:
     key_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """One command to queue: the request, its time to live, the rate limits it is held to."""
+
+    request: NewCommand
+    ttl_s: int
+    limits: RateLimits | None = None
+
+
 Sign = Callable[[ClaimedCommand], SignedCommand]
 """Sign a claimed command (raises `SigningKeyError` when the key cannot be used)."""
 Publish = Callable[[ClaimedCommand, SignedCommand], Awaitable[int]]
@@ -430,69 +524,143 @@ class CommandStore:
             CommandRefusedError: over a rate limit (429), unknown car, action it cannot do,
                 busy, or a reused key.
         """
-        # Pipelined: BEGIN, the car's lock, the key lookup and the checks travel together, then
-        # the insert with COMMIT: two round trips. Each statement still starts after the one
-        # before has finished, so the checks see every command committed before the lock.
+        [outcome] = await self.create_many(
+            [CreateRequest(request, ttl_s, limits)], busy_policy=busy_policy, max_queued=max_queued
+        )
+        if isinstance(outcome, CommandRefusedError):
+            raise outcome
+        return outcome
+
+    async def create_many(
+        self, items: Sequence[CreateRequest], *, busy_policy: str, max_queued: int
+    ) -> list[tuple[CommandRecord, bool] | CommandRefusedError]:
+        """`create` for many requests in one transaction: one commit and a few statements
+        for all of them. Each gets its own outcome, in order: the command and whether it was
+        created now, or why it was refused.
+
+        The requests name different cars and different idempotency keys, and share their
+        rate limits (`CreateBatcher` makes such batches).
+        """
+        vins = [item.request.vin for item in items]
+        keyed = [item.request for item in items if item.request.idempotency_key is not None]
+        limits = items[0].limits
+        if len(set(vins)) < len(vins) or any(item.limits != limits for item in items):
+            raise ValueError("a batch of new commands: one per car, all with the same limits")
+        outcomes: list[tuple[CommandRecord, bool] | CommandRefusedError | None]
+        outcomes = [None] * len(items)
+        new: list[int] = []
+        # Pipelined: BEGIN, the cars' locks, the key lookups and the counts travel together,
+        # then the insert with COMMIT: two round trips. Each statement still starts after the
+        # one before has finished, so the checks see every command committed before the locks.
         async with self._pool.connection() as conn, conn.pipeline():
             async with conn.transaction():
-                cur = conn.cursor(row_factory=dict_row)
+                await conn.execute(_LOCK_CARS, (_CREATE_LOCK, vins))
                 replayed = conn.cursor(row_factory=dict_row)
-                # One creator per car at a time, so the busy check below cannot be raced.
-                await cur.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CREATE_LOCK, request.vin)
-                )
-                if request.idempotency_key is not None:
-                    await self._by_key_query(replayed, request)
-                counts = conn.cursor(row_factory=dict_row)
+                if keyed:
+                    await replayed.execute(
+                        _BY_KEYS,
+                        ([r.requested_by for r in keyed], [r.idempotency_key for r in keyed]),
+                    )
+                counts = conn.cursor()
                 if limits is not None:
                     await counts.execute(
                         _RATE_COUNTS,
                         {
-                            "by": request.requested_by,
-                            "vin": request.vin,
+                            "vins": vins,
+                            "operators": sorted({item.request.requested_by for item in items}),
                             "window": limits.window_s,
                             "per_operator": limits.per_operator,
                             "per_vehicle": limits.per_vehicle,
                         },
                     )
-                await cur.execute(
-                    "SELECT capabilities, (SELECT count(*) FROM commands "
-                    "WHERE vin = %(vin)s AND status = ANY(%(active)s)) AS active "
-                    "FROM vehicles WHERE vin = %(vin)s",
-                    {"vin": request.vin, "active": _ACTIVE},
-                )
-                vehicle = await cur.fetchone()
-                if request.idempotency_key is not None:
-                    existing = await self._by_key_result(replayed, request)
-                    if existing is not None:
-                        return existing, False
-                if limits is not None:
-                    await _check_rate(conn, request, limits, await counts.fetchone())
-                _check_capable(request, vehicle)
-                assert vehicle is not None
-                _check_not_busy(request.vin, vehicle["active"], busy_policy, max_queued)
-                await cur.execute(
-                    _INSERT_COMMAND,
-                    {
-                        "vin": request.vin,
-                        "action": request.action.value,
-                        "by": request.requested_by,
-                        "key": request.idempotency_key,
-                        "ttl": ttl_s,
-                        "nonce": secrets.token_hex(16),
-                        "actor": f"operator:{request.requested_by}",
-                        "detail": Jsonb({"ttl_s": ttl_s}),
-                    },
-                )
-            # The transaction's end synchronised the pipeline: the insert's row is here.
-            row = await cur.fetchone()
-            if row is None:  # the same key, committed by a concurrent request meanwhile
-                await self._by_key_query(replayed, request)
-                existing = await self._by_key_result(replayed, request)
-                assert existing is not None
-                return existing, False
+                cars = conn.cursor(row_factory=dict_row)
+                await cars.execute(_CARS, {"vins": vins, "active": _ACTIVE})
+                existing = {
+                    (row["requested_by"], row["idempotency_key"]): CommandRecord(**row)
+                    for row in (await replayed.fetchall() if keyed else [])
+                }
+                counted = {
+                    (kind, value): n
+                    for kind, value, n in (await counts.fetchall() if limits is not None else [])
+                }
+                vehicles = {row["vin"]: row for row in await cars.fetchall()}
+                for i, item in enumerate(items):
+                    try:
+                        outcomes[i] = await self._decide(
+                            conn,
+                            item,
+                            existing=existing,
+                            counted=counted,
+                            vehicles=vehicles,
+                            busy_policy=busy_policy,
+                            max_queued=max_queued,
+                        )
+                    except CommandRefusedError as exc:
+                        outcomes[i] = exc
+                    if outcomes[i] is None:
+                        new.append(i)
+                        # Later requests of the batch count this one against the operator.
+                        by = ("requested_by", item.request.requested_by)
+                        counted[by] = counted.get(by, 0) + 1
+                inserted = conn.cursor(row_factory=dict_row)
+                if new:
+                    await inserted.execute(_INSERT_COMMANDS, _insert_parameters(items, new))
+            # The transaction's end synchronised the pipeline: the inserts' rows are here.
+            rows = {row.pop("vin"): row for row in (await inserted.fetchall() if new else [])}
+        for i in new:
+            outcomes[i] = await self._inserted(items[i].request, rows.get(items[i].request.vin))
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _inserted(
+        self, request: NewCommand, row: dict[str, Any] | None
+    ) -> tuple[CommandRecord, bool] | CommandRefusedError:
+        """The command the batch inserted for `request`, or (no row: the same key, committed
+        by a concurrent request meanwhile) the one that request made."""
+        if row is not None:
             row.pop("notified")
-            return CommandRecord(**row), True
+            return CommandRecord(vin=request.vin, **row), True
+        async with self._connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await self._by_key_query(cur, request)
+            try:
+                found = await self._by_key_result(cur, request)
+            except CommandRefusedError as exc:
+                return exc
+        assert found is not None
+        return found, False
+
+    @staticmethod
+    async def _decide(
+        conn: psycopg.AsyncConnection[Any],
+        item: CreateRequest,
+        *,
+        existing: Mapping[tuple[str, str | None], CommandRecord],
+        counted: Mapping[tuple[str, str], int],
+        vehicles: Mapping[str, dict[str, Any]],
+        busy_policy: str,
+        max_queued: int,
+    ) -> tuple[CommandRecord, bool] | None:
+        """The command a replayed key made, None for a new command to insert, or a refusal
+        (raised), checked in the order `create` documents."""
+        request = item.request
+        if request.idempotency_key is not None:
+            found = existing.get((request.requested_by, request.idempotency_key))
+            if found is not None:
+                _check_same_request(found, request)
+                return found, False
+        if item.limits is not None:
+            await _check_rate(
+                conn,
+                request,
+                item.limits,
+                by_operator=counted.get(("requested_by", request.requested_by), 0),
+                by_vehicle=counted.get(("vin", request.vin), 0),
+            )
+        vehicle = vehicles.get(request.vin)
+        _check_capable(request, vehicle)
+        assert vehicle is not None
+        _check_not_busy(request.vin, vehicle["active"], busy_policy, max_queued)
+        return None
 
     async def _by_key_query(
         self, cur: psycopg.AsyncCursor[dict[str, Any]], request: NewCommand
@@ -510,14 +678,7 @@ class CommandStore:
         if row is None:
             return None
         record = CommandRecord(**row)
-        if record.vin != request.vin or record.action != request.action:
-            raise CommandRefusedError(
-                f"idempotency key {request.idempotency_key!r} was used for another request "
-                f"({record.action} on {record.vin}, command {record.command_id}): "
-                "use a new key for a new command",
-                status=409,
-                kind="idempotency-key-reused",
-            )
+        _check_same_request(record, request)
         return record
 
     async def get(self, command_id: UUID) -> CommandRecord | None:
@@ -775,26 +936,38 @@ class CommandStore:
                 return await self._not_applied(cur, result)
 
     async def apply_results(self, results: Sequence[CommandResultMessage]) -> list[ResultApplied]:
-        """Apply validated results, in order: several in one transaction (one commit and one
-        round trip for all of them), in command order so that two batches never wait for each
-        other's rows in opposite orders; a command's own results keep their order."""
+        """Apply validated results, in order: many in one transaction and one statement per
+        round (a command's first results, then its second ones, ...), so one commit and a few
+        statements serve a whole batch; a command's own results keep their order. What did not
+        apply (unknown, duplicate, late, a race with the dispatch) is then looked at one by
+        one, as `apply_result` does."""
         if len(results) == 1:
             return [await self.apply_result(results[0])]
-        order = sorted(range(len(results)), key=lambda i: str(results[i].command_id))
+        rounds: list[list[int]] = []
+        seen: dict[UUID, int] = {}
+        for i, result in enumerate(results):
+            nth = seen.get(result.command_id, 0)
+            seen[result.command_id] = nth + 1
+            if nth == len(rounds):
+                rounds.append([])
+            rounds[nth].append(i)
         applied: list[ResultApplied | None] = [None] * len(results)
         async with self._pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
+                await conn.execute(_LOCK_COMMANDS, (sorted(seen),))
                 cursors = []
-                for i in order:
+                for members in rounds:
                     cur = conn.cursor(row_factory=dict_row)
-                    await self._apply(cur, results[i], fetch=False)
-                    cursors.append((i, cur))
+                    await cur.execute(_APPLY_RESULTS, _results_parameters(results, members))
+                    cursors.append((members, cur))
             # The transaction's end synchronised the pipeline: every statement's rows are here.
-            for i, cur in cursors:
-                events = [_event(row) for row in await cur.fetchall()]
-                if events:
-                    applied[i] = ResultApplied(ResultEffect.APPLY, event=events[0])
-        for i in order:  # the rare rest, each on its own (unknown, duplicate, late, ...)
+            for members, cur in cursors:
+                moved = {row["command_id"]: row for row in await cur.fetchall()}
+                for i in members:
+                    row = moved.get(results[i].command_id)
+                    if row is not None:
+                        applied[i] = ResultApplied(ResultEffect.APPLY, event=_event(row))
+        for i in range(len(results)):  # the rare rest, each on its own, in order
             if applied[i] is None:
                 applied[i] = await self.apply_result(results[i])
         return [a for a in applied if a is not None]
@@ -938,20 +1111,21 @@ async def _check_rate(
     conn: psycopg.AsyncConnection[Any],
     request: NewCommand,
     limits: RateLimits,
-    counts: dict[str, Any] | None,
+    *,
+    by_operator: int,
+    by_vehicle: int,
 ) -> None:
     """Refuse (429) a command over its operator's or its car's limit, saying when to retry."""
-    assert counts is not None
     window = limits.window_s
-    if limits.per_operator and counts["by_operator"] >= limits.per_operator:
+    if limits.per_operator and by_operator >= limits.per_operator:
         why = (
-            f"operator {request.requested_by!r} sent {counts['by_operator']} commands in the "
+            f"operator {request.requested_by!r} sent {by_operator} commands in the "
             f"last {window} s (limit {limits.per_operator})"
         )
         column, value, limit = "requested_by", request.requested_by, limits.per_operator
-    elif limits.per_vehicle and counts["by_vehicle"] >= limits.per_vehicle:
+    elif limits.per_vehicle and by_vehicle >= limits.per_vehicle:
         why = (
-            f"car {request.vin} got {counts['by_vehicle']} commands in the last {window} s "
+            f"car {request.vin} got {by_vehicle} commands in the last {window} s "
             f"(limit {limits.per_vehicle})"
         )
         column, value, limit = "vin", request.vin, limits.per_vehicle
@@ -970,6 +1144,31 @@ async def _check_rate(
         kind="rate-limited",
         retry_after_s=retry,
     )
+
+
+def _check_same_request(record: CommandRecord, request: NewCommand) -> None:
+    """A key names one request: the same key for another car or action is refused."""
+    if record.vin != request.vin or record.action != request.action:
+        raise CommandRefusedError(
+            f"idempotency key {request.idempotency_key!r} was used for another request "
+            f"({record.action} on {record.vin}, command {record.command_id}): "
+            "use a new key for a new command",
+            status=409,
+            kind="idempotency-key-reused",
+        )
+
+
+def _insert_parameters(items: Sequence[CreateRequest], new: Sequence[int]) -> dict[str, list[Any]]:
+    """`_INSERT_COMMANDS`'s columns for `items[i]`, i in `new`."""
+    requests = [items[i].request for i in new]
+    return {
+        "vins": [r.vin for r in requests],
+        "actions": [r.action.value for r in requests],
+        "requesters": [r.requested_by for r in requests],
+        "keys": [r.idempotency_key for r in requests],
+        "ttls": [items[i].ttl_s for i in new],
+        "nonces": [secrets.token_hex(16) for _ in new],
+    }
 
 
 def _check_capable(request: NewCommand, vehicle: dict[str, Any] | None) -> None:
@@ -1010,3 +1209,34 @@ def _check_not_busy(vin: str, active: int, busy_policy: str, max_queued: int) ->
             status=409,
             kind="vehicle-busy",
         )
+
+
+def _results_parameters(
+    results: Sequence[CommandResultMessage], members: Sequence[int]
+) -> dict[str, list[Any]]:
+    """`_APPLY_RESULTS`'s columns for `results[i]`, i in `members` (JSON as text: an array of
+    only NULLs has no type psycopg could send)."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "ids", "vins", "targets", "sources", "car_ats", "reasons", "details",
+            "preconditions", "states", "transition_details",
+        )
+    }  # fmt: skip
+    for i in members:
+        result = results[i]
+        reason = result.reason.value if result.reason else None
+        state = result.state.present() if result.state is not None else None
+        columns["ids"].append(result.command_id)
+        columns["vins"].append(result.vin)
+        columns["targets"].append(target_status(result.outcome).value)
+        columns["sources"].append(",".join(sorted(allowed_sources(result.outcome))))
+        columns["car_ats"].append(ms_to_datetime(result.ts))
+        columns["reasons"].append(reason)
+        columns["details"].append(result.detail)
+        columns["preconditions"].append(json.dumps([p.value for p in result.failed_preconditions]))
+        columns["states"].append(json.dumps(dict(state)) if state else None)
+        columns["transition_details"].append(
+            json.dumps({"car_ts": result.ts} | ({"reason": reason} if reason else {}))
+        )
+    return columns

@@ -27,7 +27,13 @@ from gateway.commands.store import (
     DispatchOutcome,
     SignedCommand,
 )
-from schemas import CommandAction, CommandOutcome, CommandResultMessage
+from schemas import (
+    CommandAction,
+    CommandOutcome,
+    CommandReason,
+    CommandResultMessage,
+    Precondition,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -151,6 +157,74 @@ async def test_a_batch_of_results_applies_like_one_by_one(
                 (command.command_id,),
             )
             assert (await cur.fetchone()) == ("executed", "key-1", 1)
+
+
+async def test_a_batch_writes_what_one_by_one_writes(
+    store: CommandStore, migrated_database: str
+) -> None:
+    """The batch statement sets the same columns as the one-command statements: a rejection
+    with its preconditions and detail, an execution with the state the car read back."""
+
+    def rejected(command_id: uuid.UUID, vin: str) -> CommandResultMessage:
+        return CommandResultMessage(
+            v=1,
+            command_id=command_id,
+            vin=vin,
+            ts=int(time.time() * 1000),
+            outcome=CommandOutcome.REJECTED,
+            reason=CommandReason.PRECONDITION_FAILED,
+            failed_preconditions=(Precondition.DOORS_CLOSED, Precondition.IGNITION_OFF),
+            detail="door open",
+        )
+
+    def executed(command_id: uuid.UUID, vin: str) -> CommandResultMessage:
+        return CommandResultMessage.model_validate(
+            _result(command_id, vin, "executed").model_dump()
+            | {"state": {"locked": True, "odometer": 12.5}}
+        )
+
+    rows = []
+    for one_by_one in (False, True):
+        a, _ = await _create(store, _request(_VINS[0]))
+        b, _ = await _create(store, _request(_VINS[1]))
+        for vin in _VINS:
+            await _send(store, vin)
+        batch = [
+            rejected(a.command_id, _VINS[0]),
+            _result(b.command_id, _VINS[1], "accepted"),
+            executed(b.command_id, _VINS[1]),
+        ]
+        if one_by_one:
+            applied = [await store.apply_result(result) for result in batch]
+        else:
+            applied = await store.apply_results(batch)
+        assert [x.effect for x in applied] == [ResultEffect.APPLY] * 3
+        assert applied[0].event is not None
+        assert applied[0].event.failed_preconditions == ["doors_closed", "ignition_off"]
+        async with await psycopg.AsyncConnection.connect(migrated_database) as conn:
+            cur = await conn.execute(
+                "SELECT c.vin, c.status::text, c.reason, c.detail, c.failed_preconditions, "
+                "c.result_state, c.accepted_at IS NOT NULL, c.car_accepted_at IS NOT NULL, "
+                "c.finished_at IS NOT NULL, c.car_finished_at IS NOT NULL, "
+                "(SELECT array_agg(t.status::text || ' ' || t.actor || ' ' || "
+                "        coalesce(t.detail ->> 'reason', '-') ORDER BY t.id) "
+                " FROM command_transitions t WHERE t.command_id = c.id) "
+                "FROM commands c WHERE c.id = ANY(%s) ORDER BY c.vin",
+                ([a.command_id, b.command_id],),
+            )
+            rows.append(await cur.fetchall())
+    batched, single = rows
+    assert batched == single
+    assert batched[0][1:6] == (
+        "rejected",
+        "precondition_failed",
+        "door open",
+        ["doors_closed", "ignition_off"],
+        None,
+    )
+    assert batched[1][1] == "executed"
+    assert batched[1][5] == {"locked": True, "odometer": 12.5}
+    assert batched[1][6:10] == (True, True, True, True)
 
 
 async def test_pipelined_creation_keeps_the_busy_and_idempotency_rules(
