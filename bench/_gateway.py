@@ -126,6 +126,19 @@ class GatewayProcess:
         self._stored_last = total
         return total
 
+    def command_batches(self) -> dict[str, tuple[float, float]]:
+        """Per command stage (create, dispatch, results): (transactions, items in them) over
+        all workers so far, from `tgw_commands_batch_size`."""
+        totals: dict[str, list[float]] = {}
+        for port in self.ports:
+            text = self._http.get(f"http://127.0.0.1:{port}/metrics").text
+            for line in text.splitlines():
+                for series, index in (("_count{", 0), ("_sum{", 1)):
+                    if line.startswith("tgw_commands_batch_size" + series):
+                        stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                        totals.setdefault(stage, [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+        return {stage: (count, items) for stage, (count, items) in totals.items()}
+
     def batch_totals(self) -> tuple[float, float, float]:
         """(batches, messages in them, seconds spent writing them) over all workers so far."""
         totals = dict.fromkeys(_BATCH_SERIES, 0.0)

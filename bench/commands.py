@@ -180,6 +180,18 @@ def _cpu_pct(before: dict[str, float], after: dict[str, float], since: float) ->
     return cpu
 
 
+def _batch_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean items per transaction of each command stage between two samples."""
+    means = {}
+    for stage, (count, items) in after.items():
+        count_before, items_before = before.get(stage, (0.0, 0.0))
+        if count > count_before:
+            means[stage] = round((items - items_before) / (count - count_before), 1)
+    return means
+
+
 def _gateway_env(key_file: Path) -> dict[str, str]:
     env = {
         "TGW_COMMANDS__SIGNING_KEY_FILE": str(key_file),
@@ -217,6 +229,7 @@ class CommandsBenchmark:
         self.meters.add("cars", tree(lambda: [h.pid for h in self.hosts if h.pid is not None]))
         self.cpu: dict[str, dict[str, float]] = {}
         self.rates: dict[str, float] = {}
+        self.gateway: GatewayProcess | None = None
         accounts = stack.car_accounts
         self.probe = accounts[0]
         self.fleet = accounts[1:]
@@ -236,6 +249,7 @@ class CommandsBenchmark:
         )
         say(f"gateway: tgw gateway run --workers {options.workers} (signing key {KEY_ID}) ...")
         gateway.start()
+        self.gateway = gateway
         self.meters.add("gateway", gateway.processes)
         try:
             token = asyncio.run(_operator_token(self.stack.dsn))
@@ -369,6 +383,8 @@ class CommandsBenchmark:
         task = asyncio.create_task(run)
         await asyncio.wait({task}, timeout=warmup_s)
         before, started = self.meters.sample(), time.monotonic()
+        assert self.gateway is not None
+        batches = self.gateway.command_batches()
         # What the database sessions wait for (row locks, WAL flushes, the NOTIFY queue's lock).
         sessions = SessionSampler(self.stack.dsn)
         sessions.start()
@@ -378,6 +394,7 @@ class CommandsBenchmark:
             waits = sessions.stop()
         self.cpu[name] = _cpu_pct(before, self.meters.sample(), started)
         suffix = {"idle": "", "loaded": "_loaded", "throughput": "_throughput"}[name]
+        self.results[f"batch_mean{suffix}"] = _batch_means(batches, self.gateway.command_batches())
         self.results[f"pg_sessions_pct{suffix}"] = waits
         self._summarise(name, end - measure_from)
 

@@ -7,6 +7,7 @@ identity that commands and the audit log record.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -184,15 +185,35 @@ async def _audit(
 class TokenAuthenticator:
     """Checks presented tokens against the database, one pooled connection per check.
 
-    No cache: a revoked token is refused on its very next request (docs/security.md).
+    No cache: a revoked token is refused on its next request (docs/security.md). Requests that
+    present a token while a check of that same token is on its way to the database share that
+    check (a booking backend's burst costs one round trip, not one per request); so a request
+    that arrives during the check under way when the token is revoked can still pass, at most
+    one round trip (about a millisecond) after the revocation committed.
     """
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
+        self._checking: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, secret: str) -> Principal | None:
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
             return None  # not one of ours: no connection needed
+        check = self._checking.get(secret)
+        if check is None:
+            check = asyncio.ensure_future(self._check(secret))
+            self._checking[secret] = check
+            check.add_done_callback(lambda done: self._finished(secret, done))
+        # Shielded: a request that goes away does not cancel the others' check.
+        return await asyncio.shield(check)
+
+    def _finished(self, secret: str, check: asyncio.Future[Principal | None]) -> None:
+        if self._checking.get(secret) is check:
+            del self._checking[secret]
+        if not check.cancelled():
+            check.exception()  # retrieved: every request that waited for it has it already
+
+    async def _check(self, secret: str) -> Principal | None:
         async with self._pool.connection() as conn:
             # The check is one statement: in autocommit it is one round trip, not three
             # (BEGIN, the statement, and the pool's ROLLBACK when the connection comes back).

@@ -20,6 +20,7 @@ from collections import deque
 import structlog
 
 from gateway.commands.errors import CommandRefusedError
+from gateway.commands.metrics import CommandMetrics
 from gateway.commands.models import CommandRecord
 from gateway.commands.store import CommandStore, CreateRequest
 
@@ -42,10 +43,12 @@ class CreateBatcher:
         *,
         busy_policy: str,
         max_queued: int,
+        metrics: CommandMetrics | None = None,
         max_batch: int = _MAX_BATCH,
         concurrency: int = _CONCURRENCY,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._busy_policy = busy_policy
         self._max_queued = max_queued
         self._max_batch = max_batch
@@ -105,6 +108,8 @@ class CreateBatcher:
                     self._wake.set()
 
     async def _create(self, batch: list[tuple[CreateRequest, asyncio.Future[Created]]]) -> None:
+        if self._metrics is not None:
+            self._metrics.batch_size.labels("create").observe(len(batch))
         try:
             outcomes = await self._store.create_many(
                 [item for item, _ in batch],

@@ -159,6 +159,7 @@ class CommandDispatcher:
                     return self._sign(claimed, keys[claimed.vin])
 
                 # The key ids are recorded with `sent`, so the keys are chosen first.
+                self._metrics.batch_size.labels("dispatch").observe(len(keys))
                 outcomes = await self._store.dispatch(
                     {vin: key.key_id for vin, key in keys.items()}, sign, self._publish
                 )

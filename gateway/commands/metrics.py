@@ -42,3 +42,10 @@ class CommandMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
             registry=r,
         )
+        self.batch_size = Histogram(
+            "tgw_commands_batch_size",
+            "Commands or results handled in one transaction, by stage (create, dispatch, results)",
+            ["stage"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )

@@ -135,6 +135,7 @@ class ResultIntake:
                 valid.append((message, outcome.message))
         if not valid:
             return
+        self._metrics.batch_size.labels("results").observe(len(valid))
         applied_all = await self._store.apply_results([result for _, result in valid])
         for (message, result), applied in zip(valid, applied_all, strict=True):
             if applied.dead_letter_reason is not None:

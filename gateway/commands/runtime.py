@@ -84,6 +84,7 @@ class CommandSystem:
             self.store,
             busy_policy=commands.busy_policy,
             max_queued=commands.max_queued_per_vehicle,
+            metrics=self.metrics,
         )
         self.service = CommandService(
             self.store,
