@@ -296,6 +296,7 @@ FROM transition t JOIN moved m ON m.id = t.command_id
 # A batch's commands locked first, in one order, so that two batches never wait for each
 # other's rows in opposite orders.
 _LOCK_COMMANDS = "SELECT 1 FROM commands WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+_STATUS_OF = "SELECT id, vin, status FROM commands WHERE id = ANY(%s)"
 
 # Dispatch, for one car or many at once, in one transaction of two round trips:
 #   1. BEGIN; try each car's dispatch lock (the cars it got are kept in a transaction-local
@@ -932,6 +933,13 @@ class CommandStore:
             events = await self._apply(cur, result)
             if events:
                 return ResultApplied(ResultEffect.APPLY, event=events[0])
+            # Why not? Mostly an answer another worker's later one overtook, or a redelivery:
+            # a plain read tells, and nothing is written. What must be written (or applied
+            # after all) is looked at again with the row locked.
+            await cur.execute(_STATUS_OF, ([result.command_id],))
+            told = _not_applied_without_writing(result, await cur.fetchone())
+            if told is not None:
+                return told
             async with conn.transaction():
                 return await self._not_applied(cur, result)
 
@@ -960,6 +968,9 @@ class CommandStore:
                     cur = conn.cursor(row_factory=dict_row)
                     await cur.execute(_APPLY_RESULTS, _results_parameters(results, members))
                     cursors.append((members, cur))
+                # Where each command ended up: why a result did not apply, without asking again.
+                statuses = conn.cursor(row_factory=dict_row)
+                await statuses.execute(_STATUS_OF, (sorted(seen),))
             # The transaction's end synchronised the pipeline: every statement's rows are here.
             for members, cur in cursors:
                 moved = {row["command_id"]: row for row in await cur.fetchall()}
@@ -967,9 +978,12 @@ class CommandStore:
                     row = moved.get(results[i].command_id)
                     if row is not None:
                         applied[i] = ResultApplied(ResultEffect.APPLY, event=_event(row))
-        for i in range(len(results)):  # the rare rest, each on its own, in order
+            now = {row["id"]: row for row in await statuses.fetchall()}
+        for i, result in enumerate(results):
             if applied[i] is None:
-                applied[i] = await self.apply_result(results[i])
+                applied[i] = _not_applied_without_writing(result, now.get(result.command_id))
+            if applied[i] is None:  # late, conflicting, or applicable after all: on its own
+                applied[i] = await self.apply_result(result)
         return [a for a in applied if a is not None]
 
     async def _not_applied(
@@ -980,19 +994,10 @@ class CommandStore:
             "SELECT vin, status FROM commands WHERE id = %s FOR UPDATE", (result.command_id,)
         )
         row = await cur.fetchone()
-        if row is None:
-            return ResultApplied(
-                None,
-                "unknown_command",
-                f"no command {result.command_id} was ever sent: result not applied",
-            )
-        if row["vin"] != result.vin:
-            return ResultApplied(
-                None,
-                "vin_mismatch",
-                f"command {result.command_id} is for {row['vin']}, "
-                f"but {result.vin} answered it: result not applied",
-            )
+        told = _not_applied_without_writing(result, row)
+        if told is not None:
+            return told
+        assert row is not None
         effect = effect_of_result(Status(row["status"]), result.outcome)
         if effect is ResultEffect.APPLY:  # it moved between the two statements
             events = await self._apply(cur, result)
@@ -1144,6 +1149,31 @@ async def _check_rate(
         kind="rate-limited",
         retry_after_s=retry,
     )
+
+
+def _not_applied_without_writing(
+    result: CommandResultMessage, row: Mapping[str, Any] | None
+) -> ResultApplied | None:
+    """Why `result` did not apply to its command (`row`: its vin and status), when that needs
+    no write: no such command, another car's, a redelivery, or overtaken by a later answer.
+    None: it is late or conflicting (recorded), or applies after all."""
+    if row is None:
+        return ResultApplied(
+            None,
+            "unknown_command",
+            f"no command {result.command_id} was ever sent: result not applied",
+        )
+    if row["vin"] != result.vin:
+        return ResultApplied(
+            None,
+            "vin_mismatch",
+            f"command {result.command_id} is for {row['vin']}, "
+            f"but {result.vin} answered it: result not applied",
+        )
+    effect = effect_of_result(Status(row["status"]), result.outcome)
+    if effect in (ResultEffect.DUPLICATE, ResultEffect.STALE):
+        return ResultApplied(effect)
+    return None
 
 
 def _check_same_request(record: CommandRecord, request: NewCommand) -> None:

@@ -157,6 +157,26 @@ async def test_a_batch_of_results_applies_like_one_by_one(
                 (command.command_id,),
             )
             assert (await cur.fetchone()) == ("executed", "key-1", 1)
+    # Answers overtaken by later ones (another worker applied executed first) and
+    # redeliveries: told apart without writing anything, in a batch and alone.
+    late = [
+        _result(a.command_id, _VINS[0], "accepted"),
+        _result(b.command_id, _VINS[1], "executed"),
+    ]
+    assert [x.effect for x in await store.apply_results(late)] == [
+        ResultEffect.STALE,
+        ResultEffect.DUPLICATE,
+    ]
+    assert (await store.apply_result(late[0])).effect is ResultEffect.STALE
+    record = await store.get(a.command_id)
+    assert record is not None
+    assert [t.status.value for t in record.transitions or []] == [
+        "queued",
+        "sent",
+        "accepted",
+        "executed",
+    ]
+    assert record.late_outcome is None
 
 
 async def test_a_batch_writes_what_one_by_one_writes(
