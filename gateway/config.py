@@ -179,7 +179,7 @@ class CommandSettings(_Section):
     verify_window_s: float = Field(default=600.0, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0, le=60)
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60)
-    result_workers: int = Field(default=4, ge=1, le=64)
+    result_workers: int = Field(default=2, ge=1, le=64)
     # At most this many new commands per window per operator token / per car (0: no limit); a
     # careless script or a stolen operator token cannot flood the fleet (answer 429).
     rate_limit_per_operator: int = Field(default=120, ge=0)

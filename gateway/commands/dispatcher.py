@@ -6,6 +6,8 @@ send the same command and a car never has two in flight. The dispatcher is woken
 process (it queued a command for a car, or applied the result or the sweep that freed a car:
 no database round trip between the commit and the dispatch, and instances do not all race for
 every command) and polls once a second besides, which covers what other instances changed.
+Whether a freed car has another command waiting is told by the events every instance announces
+(the hub), without a query; only while the hub is not listening is the database asked.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 import structlog
@@ -23,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from psycopg_pool import PoolTimeout
 
 from gateway.commands.errors import SigningKeyError
+from gateway.commands.events import CommandEventHub
 from gateway.commands.lifecycle import IN_FLIGHT, Status
 from gateway.commands.metrics import CommandMetrics
 from gateway.commands.models import CommandEvent
@@ -67,6 +71,8 @@ class CommandDispatcher:
         publisher: CommandPublisher,
         settings: CommandSettings,
         metrics: CommandMetrics,
+        *,
+        hub: CommandEventHub | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
@@ -80,6 +86,14 @@ class CommandDispatcher:
         self._claiming: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._slots = asyncio.Semaphore(_CONCURRENCY)
+        self._hub = hub
+        if hub is not None:
+            hub.add_listener(self._heard)
+        # Queued commands per car, as every instance's events tell (through the hub): whether
+        # a freed car has one waiting, without asking the database. Valid for one LISTEN
+        # session (`_session`); what it misses, the poll finds.
+        self._queued: dict[str, set[UUID]] = {}
+        self._session = 0
 
     def on_event(self, event: CommandEvent) -> None:
         """A queued command, or a car leaving flight, may mean work for that car."""
@@ -88,6 +102,33 @@ class CommandDispatcher:
         elif event.status not in IN_FLIGHT and event.status is not Status.VERIFIED:
             # Verified follows executed, which freed the car already.
             self.nudge(event.vin, maybe=True)
+
+    def _heard(self, event: CommandEvent) -> None:
+        """Every instance's state change (from the hub): keep track of queued commands."""
+        self._same_session()
+        if event.status is Status.QUEUED:
+            self._queued.setdefault(event.vin, set()).add(event.command_id)
+            return
+        waiting = self._queued.get(event.vin)
+        if waiting is not None:
+            waiting.discard(event.command_id)
+            if not waiting:
+                del self._queued[event.vin]
+
+    def _which_waiting(self, vins: set[str]) -> set[str] | None:
+        """Which of `vins` have a queued command, as the hub's events tell; None when they
+        cannot tell (no hub, or not listening now)."""
+        hub = self._hub
+        if hub is None or not hub.connected.is_set():
+            return None
+        self._same_session()
+        return {vin for vin in vins if vin in self._queued}
+
+    def _same_session(self) -> None:
+        """Forget what an earlier LISTEN session said: events were missed in between."""
+        if self._hub is not None and self._session != self._hub.connections:
+            self._session = self._hub.connections
+            self._queued.clear()
 
     def nudge(self, vin: str, *, maybe: bool = False) -> None:
         """Look at `vin` now: this process queued a command for it, or (`maybe`) saw it become
@@ -144,7 +185,9 @@ class CommandDispatcher:
             async with self._slots:
                 wanted = vins
                 if unsure:
-                    waiting = await self._store.queued_among(sorted(unsure))
+                    waiting = self._which_waiting(unsure)
+                    if waiting is None:
+                        waiting = await self._store.queued_among(sorted(unsure))
                     wanted = [vin for vin in vins if vin not in unsure or vin in waiting]
                 keys: dict[str, SigningKey] = {}
                 for vin in wanted:

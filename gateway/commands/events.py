@@ -65,6 +65,7 @@ class CommandEventHub:
         self._listeners: list[Callable[[CommandEvent], None]] = []
         self._closed = False
         self.connected = asyncio.Event()
+        self.connections = 0  # LISTEN sessions so far: events may have been missed in between
 
     def add_listener(self, listener: Callable[[CommandEvent], None]) -> None:
         """Call `listener` (on the event loop, must not block) for every event."""
@@ -125,6 +126,7 @@ class CommandEventHub:
                     self._dsn, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    self.connections += 1
                     self.connected.set()
                     delay = _RETRY_INITIAL_S
                     log.info("commands.listening", channel=EVENTS_CHANNEL)

@@ -107,7 +107,7 @@ class CommandSystem:
         dispatcher = None
         if self.signer is not None:
             dispatcher = CommandDispatcher(
-                self.store, self.signer, broker, self.settings, self.metrics
+                self.store, self.signer, broker, self.settings, self.metrics, hub=self.hub
             )
             # What this process changes wakes its dispatcher directly (see dispatcher.py).
             on_event = dispatcher.on_event
