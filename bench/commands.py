@@ -100,7 +100,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--workers", type=int, default=2, help="gateway processes (--workers)")
     parser.add_argument("--car-processes", type=int, default=1, help="processes for the cars")
     parser.add_argument(
-        "--window", type=int, default=64, help="commands outstanding in the throughput phase"
+        "--window",
+        type=int,
+        default=256,
+        help="commands outstanding in the throughput phase (default 256: at 500/s and half a "
+        "second each, a booking backend has about 250 in flight)",
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary dir")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
