@@ -111,14 +111,6 @@ _EXPLAIN = {
 
 
 # What a failed precondition means at the car, and what the person can do about it.
-_PRECONDITION_HELP = {
-    "doors_closed": "a door is open: close it, then try again",
-    "trunk_closed": "the trunk is open: close it, then try again",
-    "ignition_off": "the ignition is on: end the trip (ignition off), then try again",
-    "stationary": "the car is moving: try again once it stands still",
-}
-
-
 def _outcome_message(event: dict[str, Any]) -> str:
     status = event["status"]
     reason = event.get("reason") or "no reason given"
@@ -127,7 +119,7 @@ def _outcome_message(event: dict[str, Any]) -> str:
     why = f"{reason} ({', '.join(preconditions)})" if preconditions else reason
     if detail and not preconditions:
         why = f"{why}: {detail}"
-    helps = [_PRECONDITION_HELP[p] for p in preconditions if p in _PRECONDITION_HELP]
+    helps = event.get("advice") or []  # what to do, as the API says it
     if helps:
         why = f"{why}; {'; '.join(helps)}"
     if status == "rejected":

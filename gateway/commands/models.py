@@ -6,12 +6,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from gateway.commands.lifecycle import Status
-from schemas import CommandAction
+from schemas import CommandAction, Precondition
 
 __all__ = [
+    "PRECONDITION_ADVICE",
     "CommandEvent",
     "CommandPage",
     "CommandRecord",
@@ -19,6 +20,20 @@ __all__ = [
     "RateLimits",
     "Transition",
 ]
+
+
+PRECONDITION_ADVICE: dict[str, str] = {
+    Precondition.DOORS_CLOSED: "a door is open: close it, then try again",
+    Precondition.TRUNK_CLOSED: "the trunk is open: close it, then try again",
+    Precondition.IGNITION_OFF: "the ignition is on: end the trip (ignition off), then try again",
+    Precondition.STATIONARY: "the car is moving: try again once it stands still",
+}
+"""What an operator can do about each precondition a car found failed (the CLI and the
+console show it as the API sends it, in `advice`)."""
+
+
+def _advice(failed_preconditions: list[str]) -> list[str]:
+    return [PRECONDITION_ADVICE[p] for p in failed_preconditions if p in PRECONDITION_ADVICE]
 
 
 class _Model(BaseModel):
@@ -82,6 +97,11 @@ class CommandRecord(_Model):
     attempts: int
     transitions: list[Transition] | None = None
 
+    @computed_field(description="What to do about each failed precondition, for a person.")  # type: ignore[prop-decorator]
+    @property
+    def advice(self) -> list[str]:
+        return _advice(self.failed_preconditions)
+
 
 class CommandPage(_Model):
     """One page of a car's commands, newest first."""
@@ -102,3 +122,8 @@ class CommandEvent(_Model):
     reason: str | None = None
     detail: str | None = None
     failed_preconditions: list[str] = []
+
+    @computed_field(description="What to do about each failed precondition, for a person.")  # type: ignore[prop-decorator]
+    @property
+    def advice(self) -> list[str]:
+        return _advice(self.failed_preconditions)

@@ -142,6 +142,7 @@ async def test_rejection_reaches_the_operator_with_its_reason(
     assert record["status"] == "rejected"
     assert record["reason"] == "precondition_failed"
     assert record["failed_preconditions"] == ["doors_closed"]
+    assert record["advice"] == ["a door is open: close it, then try again"]
     assert [t["status"] for t in record["transitions"]] == ["queued", "sent", "rejected"]
 
 

@@ -618,13 +618,6 @@ function setOutcome(node, text, cls) {
 }
 
 // What a failed precondition means at the car, and what the operator can do (as the CLI says).
-const PRECONDITION_HELP = {
-  doors_closed: "a door is open: close it, then try again",
-  trunk_closed: "the trunk is open: close it, then try again",
-  ignition_off: "the ignition is on: end the trip (ignition off), then try again",
-  stationary: "the car is moving: try again once it stands still",
-};
-
 function reasonText(info) {
   if (!info) return "";
   const pre = info.failed_preconditions || [];
@@ -632,7 +625,7 @@ function reasonText(info) {
   let text = reason.replaceAll("_", " ");
   if (pre.length) text += ` (${pre.join(", ").replaceAll("_", " ")})`;
   if (info.detail && !pre.length) text += text ? `: ${info.detail}` : info.detail;
-  const helps = pre.map((p) => PRECONDITION_HELP[p]).filter(Boolean);
+  const helps = info.advice || []; // what to do, as the API says it
   if (helps.length) text += `; ${helps.join("; ")}`;
   return text;
 }
