@@ -182,28 +182,24 @@ FROM (
     ORDER BY created_at DESC LIMIT %(limit)s) newest
 """
 
-# One state change, for every row `where` selects: update, transition, audit, notify.
-_MOVE = """
-WITH moved AS (
-    UPDATE commands c SET status = %(to)s, updated_at = now() {sets}
-    WHERE {where}
-    RETURNING c.id, c.vin, c.action, c.status, c.requested_by, c.reason, c.detail,
-              c.failed_preconditions, c.issued_at, c.expires_at, c.nonce
+# After a state change (the rows of `moved`, each with its `actor` and `transition_detail`):
+# its row in command_transitions, its audit row, its NOTIFY; the event's columns.
+_ANNOUNCE = f"""
 ), transition AS (
     INSERT INTO command_transitions (command_id, status, actor, detail)
-    SELECT id, status, %(actor)s, %(transition_detail)s::jsonb FROM moved
+    SELECT id, status, actor, transition_detail FROM moved
     RETURNING id, command_id, status, at
 ), audited AS (
     INSERT INTO audit_log (actor, action, target, detail)
     SELECT m.requested_by, 'command.' || m.status, m.vin, jsonb_build_object(
-        'command_id', m.id, 'action', m.action, 'status', m.status, 'by', %(actor)s,
+        'command_id', m.id, 'action', m.action, 'status', m.status, 'by', m.actor,
         'reason', m.reason, 'detail', m.detail)
     FROM moved m
     RETURNING 1
 )
 SELECT t.id AS transition_id, t.command_id, m.vin, m.action, t.status, t.at, m.reason, m.detail,
        m.failed_preconditions,
-       pg_notify('{channel}', json_build_object(
+       pg_notify('{EVENTS_CHANNEL}', json_build_object(
            'transition_id', t.id, 'command_id', t.command_id, 'vin', m.vin, 'action', m.action,
            'status', t.status, 'at', t.at, 'reason', m.reason, 'detail', m.detail,
            'failed_preconditions', m.failed_preconditions)::text) AS notified,
@@ -211,13 +207,22 @@ SELECT t.id AS transition_id, t.command_id, m.vin, m.action, t.status, t.at, m.r
        (extract(epoch FROM m.expires_at) * 1000)::bigint AS expires_ms,
        extract(epoch FROM m.expires_at - clock_timestamp())::float8 AS left_s, m.nonce
 FROM transition t JOIN moved m ON m.id = t.command_id
-"""
+"""  # noqa: S608  # constants only
+_MOVED_COLUMNS = """c.id, c.vin, c.action, c.status, c.requested_by, c.reason, c.detail,
+        c.failed_preconditions, c.issued_at, c.expires_at, c.nonce"""
+
+# One state change, for every row `where` selects: update, transition, audit, notify.
+_MOVE = f"""
+WITH moved AS (
+    UPDATE commands c SET status = %(to)s, updated_at = now() {{sets}}
+    WHERE {{where}}
+    RETURNING {_MOVED_COLUMNS},
+        %(actor)s::text AS actor, %(transition_detail)s::jsonb AS transition_detail
+{_ANNOUNCE}"""  # noqa: S608  # constants only
 
 
 def _move(where: LiteralString, sets: LiteralString = "") -> sql.Composed:
-    return sql.SQL(_MOVE.replace("{channel}", EVENTS_CHANNEL)).format(
-        sets=sql.SQL(sets), where=sql.SQL(where)
-    )
+    return sql.SQL(_MOVE).format(sets=sql.SQL(sets), where=sql.SQL(where))
 
 
 _MOVE_ONE = {
@@ -271,28 +276,9 @@ WITH u AS (
                             ELSE u.state::jsonb END
     FROM u
     WHERE c.id = u.id AND c.vin = u.vin AND c.status = ANY(string_to_array(u.sources, ','))
-    RETURNING c.id, c.vin, c.action, c.status, c.requested_by, c.reason, c.detail,
-              c.failed_preconditions, u.transition_detail
-), transition AS (
-    INSERT INTO command_transitions (command_id, status, actor, detail)
-    SELECT id, status, 'car:' || vin, transition_detail::jsonb FROM moved
-    RETURNING id, command_id, status, at
-), audited AS (
-    INSERT INTO audit_log (actor, action, target, detail)
-    SELECT m.requested_by, 'command.' || m.status, m.vin, jsonb_build_object(
-        'command_id', m.id, 'action', m.action, 'status', m.status, 'by', 'car:' || m.vin,
-        'reason', m.reason, 'detail', m.detail)
-    FROM moved m
-    RETURNING 1
-)
-SELECT t.id AS transition_id, t.command_id, m.vin, m.action, t.status, t.at, m.reason, m.detail,
-       m.failed_preconditions,
-       pg_notify('{EVENTS_CHANNEL}', json_build_object(
-           'transition_id', t.id, 'command_id', t.command_id, 'vin', m.vin, 'action', m.action,
-           'status', t.status, 'at', t.at, 'reason', m.reason, 'detail', m.detail,
-           'failed_preconditions', m.failed_preconditions)::text) AS notified
-FROM transition t JOIN moved m ON m.id = t.command_id
-"""  # noqa: S608  # constants only
+    RETURNING {_MOVED_COLUMNS},
+        'car:' || c.vin AS actor, u.transition_detail::jsonb AS transition_detail
+{_ANNOUNCE}"""  # noqa: S608  # constants only
 # A batch's commands locked first, in one order, so that two batches never wait for each
 # other's rows in opposite orders.
 _LOCK_COMMANDS = "SELECT 1 FROM commands WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
