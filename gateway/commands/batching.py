@@ -82,12 +82,7 @@ class CreateBatcher:
                     workers.create_task(self._work(), name=f"command-create-{i}")
         finally:
             self._running = False
-            stopping = CommandRefusedError(
-                "this gateway is stopping: send the command again (another instance, or this "
-                "one once it is back, takes it)",
-                status=503,
-                kind="gateway-stopping",
-            )
+            stopping = _stopping()
             while self._waiting:
                 _, future = self._waiting.popleft()
                 if not future.done():
@@ -117,12 +112,13 @@ class CreateBatcher:
                 max_queued=self._max_queued,
             )
         except BaseException as exc:
-            # The database is unavailable (or this task is cancelled): nothing of the batch
+            # The database is unavailable (or the gateway is stopping): nothing of the batch
             # was committed, or it was and a retry finds it by its key. Each request gets the
             # error, as it would have alone.
+            error = exc if isinstance(exc, Exception) else _stopping()
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
             log.warning("commands.create_failed", requests=len(batch), error=str(exc))
@@ -164,3 +160,12 @@ class CreateBatcher:
         self._waiting.extendleft(reversed(later))
         self._cars_in_flight.update(cars)
         return batch
+
+
+def _stopping() -> CommandRefusedError:
+    return CommandRefusedError(
+        "this gateway is stopping: send the command again (another instance, or this one "
+        "once it is back, takes it)",
+        status=503,
+        kind="gateway-stopping",
+    )
