@@ -1,14 +1,17 @@
 """Rate limits on sending commands: per operator (token) and per car, in a sliding window.
 
-Counted from the `commands` table itself, in the transaction that creates the command (after
-the car's lock, so the per-car limit is exact; `CommandStore.create`), so every gateway instance
-enforces the same limits without shared memory, and a restart forgets nothing. Each count stops
-at its limit, so a check costs at most that many index entries. A request that repeats an
-idempotency key the operator used before is never limited: it creates nothing (it returns the
-command it created then). Concurrent requests of one operator to different cars may each see
-the last free slot, so a burst can exceed the per-operator limit by the number of requests in
-flight at that instant; a careless or compromised operator is still held to the limit's order
-of magnitude.
+Counted in the database, in the transaction that creates the command (after the car's lock,
+so the per-car limit is exact; `CommandStore.create_many`), so every gateway instance enforces
+the same limits without shared memory, and a restart forgets nothing. Per car: its commands of
+the window, the count stopping at the limit (at most that many index entries). Per operator:
+`command_rate_counts`, new commands per operator and second, written with each batch of new
+commands, so a check reads at most one row per second of the window (and session) however high
+the limit is raised for a booking backend; the window is counted in whole seconds. A request
+that repeats an idempotency key the operator used before is never limited: it creates nothing
+(it returns the command it created then). Concurrent requests of one operator to different cars
+may each see the last free slot, so a burst can exceed the per-operator limit by the number of
+requests in flight at that instant; a careless or compromised operator is still held to the
+limit's order of magnitude.
 
 Over the limit: `429 Too Many Requests`, problem type `rate-limited`, with `Retry-After`.
 """

@@ -52,7 +52,7 @@ class NewCommand(_Model):
 
 class RateLimits(_Model):
     """New commands allowed per operator (token) and per car in a sliding window (0: no
-    limit); counted in the `commands` table, so every gateway instance enforces the same."""
+    limit); counted in the database, so every gateway instance enforces the same."""
 
     per_operator: int
     per_vehicle: int

@@ -118,28 +118,32 @@ SELECT v.vin, v.capabilities,
         WHERE c.vin = v.vin AND c.status = ANY(%(active)s)) AS active
 FROM vehicles v WHERE v.vin = ANY(%(vins)s)
 """
-# The rate limits' counts, each only up to its limit (a check costs at most `limit` index
-# entries; a 0 limit counts nothing), in the creating transaction after the cars' locks (so
-# the per-car limit is exact; the per-operator one may be exceeded by the requests in flight
-# in other transactions), once per car and once per operator of the batch.
+# The rate limits' counts, in the creating transaction after the cars' locks (so the per-car
+# limit is exact; the per-operator one may be exceeded by the requests in flight in other
+# transactions), once per car and once per operator of the batch. Per car: its commands of the
+# window, each count only up to its limit (at most `limit` index entries; a 0 limit counts
+# nothing). Per operator: the per-second counts (command_rate_counts, at most one row per second
+# and session), with when the oldest of them leaves the window (for Retry-After).
 _RATE_COUNTS = """
 SELECT 'vin' AS counted, v AS value, (
     SELECT count(*) FROM (
         SELECT 1 FROM commands
         WHERE vin = v AND created_at > now() - make_interval(secs => %(window)s)
-        LIMIT %(per_vehicle)s) x) AS n
+        LIMIT %(per_vehicle)s) x) AS n,
+    NULL::float8 AS free_in
 FROM unnest(%(vins)s::text[]) AS v
 UNION ALL
-SELECT 'requested_by', o, (
-    SELECT count(*) FROM (
-        SELECT 1 FROM commands
-        WHERE requested_by = o AND created_at > now() - make_interval(secs => %(window)s)
-        LIMIT %(per_operator)s) x)
+SELECT 'requested_by', o, coalesce(sum(r.n), 0),
+       min(r.second) + %(window)s - extract(epoch FROM now())::float8
 FROM unnest(%(operators)s::text[]) AS o
+LEFT JOIN command_rate_counts r
+  ON r.requested_by = o AND %(per_operator)s > 0
+ AND r.second > floor(extract(epoch FROM now()))::bigint - %(window)s
+GROUP BY o
 """
-# Insert, record `queued`, audit and announce, for every new command of a batch in one
-# statement. ON CONFLICT: the same idempotency key committed by a concurrent request; then
-# nothing is inserted or announced for that one.
+# Insert, record `queued`, audit, count (per operator and second) and announce, for every new
+# command of a batch in one statement. ON CONFLICT: the same idempotency key committed by a
+# concurrent request; then nothing is inserted, counted or announced for that one.
 _INSERT_COMMANDS = f"""
 WITH clock AS (SELECT date_trunc('milliseconds', clock_timestamp()) AS t),
 inserted AS (
@@ -167,18 +171,29 @@ inserted AS (
         'by', actor, 'ttl_s', ttl_s, 'idempotency_key', idempotency_key)
     FROM ttl
     RETURNING 1
+), counted AS (
+    INSERT INTO command_rate_counts AS r (requested_by, second, session, n)
+    SELECT requested_by, floor(extract(epoch FROM now()))::bigint, pg_backend_pid(), count(*)
+    FROM inserted GROUP BY requested_by
+    ON CONFLICT (requested_by, second, session) DO UPDATE SET n = r.n + EXCLUDED.n
+    RETURNING 1
 )
 SELECT i.*, pg_notify('{EVENTS_CHANNEL}', json_build_object(
     'transition_id', t.id, 'command_id', i.command_id, 'vin', i.vin, 'action', i.action,
     'status', 'queued', 'at', t.at)::text) AS notified
 FROM inserted i JOIN transition t ON t.command_id = i.command_id
 """  # noqa: S608  # constants only
-# Only when refusing: when the oldest command that counts leaves the window (Retry-After).
+# Per-second counts older than the longest rate window are of no more use.
+_RATE_COUNTS_KEPT_S = 3600  # CommandSettings.rate_limit_window_s at most
+_FORGET_RATE_COUNTS = (
+    "DELETE FROM command_rate_counts WHERE second < floor(extract(epoch FROM now()))::bigint - %s"
+)
+# Only when refusing a car: when the oldest command that counts leaves the window (Retry-After).
 _FREE_IN = """
 SELECT extract(epoch FROM min(created_at) + make_interval(secs => %(window)s) - now())
 FROM (
     SELECT created_at FROM commands
-    WHERE {column} = %(value)s AND created_at > now() - make_interval(secs => %(window)s)
+    WHERE vin = %(vin)s AND created_at > now() - make_interval(secs => %(window)s)
     ORDER BY created_at DESC LIMIT %(limit)s) newest
 """
 
@@ -567,8 +582,10 @@ class CommandStore:
                     for row in (await replayed.fetchall() if keyed else [])
                 }
                 counted = {
-                    (kind, value): n
-                    for kind, value, n in (await counts.fetchall() if limits is not None else [])
+                    (kind, value): (n, free_in)
+                    for kind, value, n, free_in in (
+                        await counts.fetchall() if limits is not None else []
+                    )
                 }
                 vehicles = {row["vin"]: row for row in await cars.fetchall()}
                 for i, item in enumerate(items):
@@ -588,7 +605,8 @@ class CommandStore:
                         new.append(i)
                         # Later requests of the batch count this one against the operator.
                         by = ("requested_by", item.request.requested_by)
-                        counted[by] = counted.get(by, 0) + 1
+                        n, free_in = counted.get(by, (0, None))
+                        counted[by] = (n + 1, free_in)
                 inserted = conn.cursor(row_factory=dict_row)
                 if new:
                     await inserted.execute(_INSERT_COMMANDS, _insert_parameters(items, new))
@@ -622,7 +640,7 @@ class CommandStore:
         item: CreateRequest,
         *,
         existing: Mapping[tuple[str, str | None], CommandRecord],
-        counted: Mapping[tuple[str, str], int],
+        counted: Mapping[tuple[str, str], tuple[int, float | None]],
         vehicles: Mapping[str, dict[str, Any]],
         busy_policy: str,
         max_queued: int,
@@ -636,12 +654,15 @@ class CommandStore:
                 _check_same_request(found, request)
                 return found, False
         if item.limits is not None:
+            operator = ("requested_by", request.requested_by)
+            by_operator, operator_free_in = counted.get(operator, (0, None))
             await _check_rate(
                 conn,
                 request,
                 item.limits,
-                by_operator=counted.get(("requested_by", request.requested_by), 0),
-                by_vehicle=counted.get(("vin", request.vin), 0),
+                by_operator=by_operator,
+                operator_free_in=operator_free_in,
+                by_vehicle=counted.get(("vin", request.vin), (0, None))[0],
             )
         vehicle = vehicles.get(request.vin)
         _check_capable(request, vehicle)
@@ -1085,9 +1106,10 @@ class CommandStore:
             (_VERIFY, Status.VERIFIED),
         )
         async with self._connection() as conn:
-            # Pipelined: the four statements in one round trip (the sweeper runs twice a
-            # second in every gateway process, commands or not).
+            # Pipelined: the statements in one round trip (the sweeper runs twice a second in
+            # every gateway process, commands or not).
             async with conn.pipeline():
+                await conn.execute(_FORGET_RATE_COUNTS, (_RATE_COUNTS_KEPT_S,))
                 cursors = []
                 for statement, to in statements:
                     cur = conn.cursor(row_factory=dict_row)
@@ -1104,6 +1126,7 @@ async def _check_rate(
     limits: RateLimits,
     *,
     by_operator: int,
+    operator_free_in: float | None,
     by_vehicle: int,
 ) -> None:
     """Refuse (429) a command over its operator's or its car's limit, saying when to retry."""
@@ -1113,21 +1136,19 @@ async def _check_rate(
             f"operator {request.requested_by!r} sent {by_operator} commands in the "
             f"last {window} s (limit {limits.per_operator})"
         )
-        column, value, limit = "requested_by", request.requested_by, limits.per_operator
+        free_in = operator_free_in  # when its oldest second of the window leaves it
     elif limits.per_vehicle and by_vehicle >= limits.per_vehicle:
         why = (
             f"car {request.vin} got {by_vehicle} commands in the last {window} s "
             f"(limit {limits.per_vehicle})"
         )
-        column, value, limit = "vin", request.vin, limits.per_vehicle
+        cur = await conn.execute(
+            _FREE_IN, {"vin": request.vin, "window": window, "limit": limits.per_vehicle}
+        )
+        row = await cur.fetchone()
+        free_in = row[0] if row is not None else None
     else:
         return
-    cur = await conn.execute(
-        sql.SQL(_FREE_IN).format(column=sql.Identifier(column)),
-        {"value": value, "window": window, "limit": limit},
-    )
-    row = await cur.fetchone()
-    free_in = row[0] if row is not None else None
     retry = max(1, math.ceil(float(free_in))) if free_in is not None else window
     raise CommandRefusedError(
         f"{why}: try again in {retry} s; limits are commands.rate_limit_* in the settings",

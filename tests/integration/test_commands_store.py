@@ -347,3 +347,41 @@ async def test_rate_limits_are_counted_in_the_creating_transaction(store: Comman
     with pytest.raises(CommandRefusedError) as per_car_again:
         await create(_request(_VINS[1], "unlock"))
     assert per_car_again.value.kind == "rate-limited"
+
+
+async def test_the_operators_count_is_kept_per_second_and_forgotten_after_an_hour(
+    store: CommandStore, migrated_database: str
+) -> None:
+    limits = RateLimits(per_operator=2, per_vehicle=0, window_s=60)
+
+    async def create(vin: str, action: str) -> bool:
+        _, created = await store.create(
+            _request(vin, action), ttl_s=30, busy_policy="queue", max_queued=9, limits=limits
+        )
+        return created
+
+    async def counted(conn: psycopg.AsyncConnection[Any], where: str = "true") -> int:
+        cur = await conn.execute(
+            f"SELECT coalesce(sum(n), 0) FROM command_rate_counts WHERE {where}"
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    assert [await create(vin, "lock") for vin in _VINS] == [True, True]
+    old = "second < floor(extract(epoch FROM now()))::bigint - 60"
+    async with await psycopg.AsyncConnection.connect(migrated_database, autocommit=True) as conn:
+        assert await counted(conn) == 2
+        # A minute later (as the rows tell it): outside the window, no longer counted.
+        await conn.execute("UPDATE command_rate_counts SET second = second - 61")
+    assert [await create(vin, "unlock") for vin in _VINS] == [True, True]
+    with pytest.raises(CommandRefusedError) as refused:
+        await create(_VINS[0], "lock")
+    assert refused.value.kind == "rate-limited"
+    assert refused.value.retry_after_s is not None
+    assert 1 <= refused.value.retry_after_s <= 60
+    async with await psycopg.AsyncConnection.connect(migrated_database, autocommit=True) as conn:
+        assert (await counted(conn, old), await counted(conn)) == (2, 4)
+        # An hour older still: the sweeper deletes them; this minute's stay.
+        await conn.execute(f"UPDATE command_rate_counts SET second = second - 3600 WHERE {old}")
+        await store.sweep(grace_s=5, answer_timeout_s=15, verify_window_s=600)
+        assert (await counted(conn, old), await counted(conn)) == (0, 2)
