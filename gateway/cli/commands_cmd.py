@@ -110,7 +110,6 @@ _EXPLAIN = {
 }
 
 
-# What a failed precondition means at the car, and what the person can do about it.
 def _outcome_message(event: dict[str, Any]) -> str:
     status = event["status"]
     reason = event.get("reason") or "no reason given"

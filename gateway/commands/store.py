@@ -1038,23 +1038,20 @@ class CommandStore:
         *,
         fetch: bool = True,
     ) -> list[CommandEvent]:
-        to = target_status(result.outcome)
-        car_at = ms_to_datetime(result.ts)
-        state = result.state.present() if result.state is not None else None
+        written = _ResultWrites.of(result)
         return await self._move_one(
             cur,
-            to,
+            written.target,
             result.command_id,
             vin=result.vin,
-            sources=sorted(allowed_sources(result.outcome)),
+            sources=written.sources,
             actor=f"car:{result.vin}",
-            reason=result.reason.value if result.reason else None,
+            reason=written.reason,
             detail=result.detail,
-            car_at=car_at,
-            preconditions=[p.value for p in result.failed_preconditions],
-            state=dict(state) if state else None,
-            transition_detail={"car_ts": result.ts}
-            | ({"reason": result.reason.value} if result.reason else {}),
+            car_at=written.car_at,
+            preconditions=written.preconditions,
+            state=written.state,
+            transition_detail=written.transition_detail,
             fetch=fetch,
         )
 
@@ -1248,6 +1245,34 @@ def _check_not_busy(vin: str, active: int, busy_policy: str, max_queued: int) ->
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _ResultWrites:
+    """What a car's result writes to its command (`_MOVE_ONE` for one, `_APPLY_RESULTS` for
+    a batch): the state it moves to, from which states, and the columns it sets."""
+
+    target: Status
+    sources: list[Status]
+    car_at: datetime
+    reason: str | None
+    preconditions: list[str]
+    state: dict[str, Any] | None
+    transition_detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, result: CommandResultMessage) -> _ResultWrites:
+        reason = result.reason.value if result.reason else None
+        state = result.state.present() if result.state is not None else None
+        return cls(
+            target=target_status(result.outcome),
+            sources=sorted(allowed_sources(result.outcome)),
+            car_at=ms_to_datetime(result.ts),
+            reason=reason,
+            preconditions=[p.value for p in result.failed_preconditions],
+            state=dict(state) if state else None,
+            transition_detail={"car_ts": result.ts} | ({"reason": reason} if reason else {}),
+        )
+
+
 def _results_parameters(
     results: Sequence[CommandResultMessage], members: Sequence[int]
 ) -> dict[str, list[Any]]:
@@ -1262,18 +1287,15 @@ def _results_parameters(
     }  # fmt: skip
     for i in members:
         result = results[i]
-        reason = result.reason.value if result.reason else None
-        state = result.state.present() if result.state is not None else None
+        written = _ResultWrites.of(result)
         columns["ids"].append(result.command_id)
         columns["vins"].append(result.vin)
-        columns["targets"].append(target_status(result.outcome).value)
-        columns["sources"].append(",".join(sorted(allowed_sources(result.outcome))))
-        columns["car_ats"].append(ms_to_datetime(result.ts))
-        columns["reasons"].append(reason)
+        columns["targets"].append(written.target.value)
+        columns["sources"].append(",".join(written.sources))
+        columns["car_ats"].append(written.car_at)
+        columns["reasons"].append(written.reason)
         columns["details"].append(result.detail)
-        columns["preconditions"].append(json.dumps([p.value for p in result.failed_preconditions]))
-        columns["states"].append(json.dumps(dict(state)) if state else None)
-        columns["transition_details"].append(
-            json.dumps({"car_ts": result.ts} | ({"reason": reason} if reason else {}))
-        )
+        columns["preconditions"].append(json.dumps(written.preconditions))
+        columns["states"].append(json.dumps(written.state) if written.state else None)
+        columns["transition_details"].append(json.dumps(written.transition_detail))
     return columns

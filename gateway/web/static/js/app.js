@@ -617,7 +617,7 @@ function setOutcome(node, text, cls) {
   node.className = `outcome ${cls}`;
 }
 
-// What a failed precondition means at the car, and what the operator can do (as the CLI says).
+// Why a command did not work and, for a failed precondition, what to do (the API's advice).
 function reasonText(info) {
   if (!info) return "";
   const pre = info.failed_preconditions || [];
