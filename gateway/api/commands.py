@@ -176,8 +176,9 @@ def commands_router(service: CommandService) -> APIRouter:
         selected = _vin(vin) if vin is not None else None
 
         async def stream() -> AsyncIterator[bytes]:
-            async for event in service.follow_all(vin=selected, heartbeat_s=HEARTBEAT_S):
-                yield _sse(event)
+            async for events in service.follow_all(vin=selected, heartbeat_s=HEARTBEAT_S):
+                # What came together goes out as one chunk: one write, not one per event.
+                yield b"".join(map(_sse, events)) if events else _sse(None)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=_SSE_HEADERS)
 

@@ -52,6 +52,27 @@ class Subscription:
             raise StopAsyncIteration
         return event
 
+    async def next_batch(self, timeout_s: float, limit: int) -> list[CommandEvent]:
+        """The next event and up to `limit - 1` more already waiting; [] on timeout.
+
+        Raises StopAsyncIteration when ended (after the events before the end were taken).
+        A busy stream then writes one chunk for what came together instead of one each.
+        """
+        first = await self.next(timeout_s)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < limit:
+            try:
+                event = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if event is None:
+                self.queue.put_nowait(None)  # the end, for the next call (there is room now)
+                break
+            batch.append(event)
+        return batch
+
     def close(self) -> None:
         self._hub.unsubscribe(self)
 

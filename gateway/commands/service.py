@@ -150,13 +150,16 @@ class CommandService:
                         return
 
     async def follow_all(
-        self, *, vin: str | None, heartbeat_s: float
-    ) -> AsyncIterator[CommandEvent | None]:
-        """Every command event from now on (one car's with `vin`), None as keep-alive."""
+        self, *, vin: str | None, heartbeat_s: float, batch_limit: int = 256
+    ) -> AsyncIterator[list[CommandEvent]]:
+        """Every command event from now on (one car's with `vin`), in order.
+
+        Yields what has come together (at most `batch_limit` events), [] as keep-alive.
+        """
         async with self._hub.subscribe(lambda e: vin is None or e.vin == vin) as subscription:
             while True:
                 try:
-                    yield await subscription.next(heartbeat_s)
+                    yield await subscription.next_batch(heartbeat_s, batch_limit)
                 except StopAsyncIteration:
                     return
 

@@ -566,6 +566,70 @@ async def test_live_stream_shows_each_state_change_until_the_end(
     assert missing.status_code == 404
 
 
+async def _follow_all(
+    settings: Settings, token: str, params: dict[str, str], until: int
+) -> list[dict[str, Any]]:
+    """The all-commands stream's transitions, until `until` final ones were seen."""
+    events: list[dict[str, Any]] = []
+    finals = 0
+    async with (
+        api(settings, token) as client,
+        client.stream("GET", "/v1/commands/events", params=params) as response,
+    ):
+        assert response.status_code == 200
+        kind = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:") and kind == "transition":
+                events.append(json.loads(line[5:]))
+                finals += events[-1]["status"] == "executed"
+                if finals == until:
+                    return events
+    raise AssertionError("the stream ended early")
+
+
+async def test_all_commands_stream_carries_every_transition_in_order(
+    mqtt_broker: MosquittoBroker,
+    migrated_database: str,
+    car_credentials: CarCredentialsFactory,
+    keys: KeyPairFiles,
+) -> None:
+    settings = command_gateway_settings(mqtt_broker, migrated_database, keys)
+    viewer = await make_token(migrated_database, "kim", Role.VIEWER)
+    operator = await make_token(migrated_database, "lou", Role.OPERATOR)
+    async with (
+        running_gateway(settings),
+        responding_car(car_credentials(), keys) as first,
+        responding_car(car_credentials(), keys) as second,
+        api(settings, operator) as client,
+    ):
+        for car in (first, second):
+            await asyncio.to_thread(car.birth)
+            await wait_registered(migrated_database, car.vin)
+        everything = asyncio.create_task(_follow_all(settings, viewer, {}, until=6))
+        only_second = asyncio.create_task(_follow_all(settings, viewer, {"vin": second.vin}, 3))
+        await asyncio.sleep(0.5)  # both streams subscribed
+        # Six commands at once: created together, their events reach the streams in batches.
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/v1/vehicles/{car.vin}/commands", json={"action": "lock"})
+                for _ in range(3)
+                for car in (first, second)
+            )
+        )
+        ids = [response.json()["command_id"] for response in responses]
+        events = await asyncio.wait_for(everything, 20)
+        seconds = await asyncio.wait_for(only_second, 20)
+    for command_id in ids:
+        statuses = [e["status"] for e in events if e["command_id"] == command_id]
+        assert statuses == ["queued", "sent", "accepted", "executed"]
+    transition_ids = [e["transition_id"] for e in events]
+    assert len(set(transition_ids)) == len(transition_ids)  # none twice
+    assert {e["vin"] for e in seconds} == {second.vin}
+    assert {e["command_id"] for e in seconds} == set(ids[1::2])
+
+
 async def test_two_gateway_instances_send_each_command_exactly_once(
     mqtt_broker: MosquittoBroker,
     migrated_database: str,
