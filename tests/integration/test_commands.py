@@ -13,9 +13,11 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -517,21 +519,24 @@ async def test_gateway_restart_mid_command_still_ends_in_one_final_state(
     assert sorted(count for _, count in finals) == [1, 1]
 
 
+async def _transitions(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The `transition` events of a server-sent event stream, as they come."""
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    kind = ""
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:") and kind == "transition":
+            yield json.loads(line[5:])
+
+
 async def _collect_stream(settings: Settings, token: str, command_id: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
     async with (
         api(settings, token) as client,
         client.stream("GET", f"/v1/commands/{command_id}/events") as response,
     ):
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        kind = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:") and kind == "transition":
-                events.append(json.loads(line[5:]))
-    return events
+        return [event async for event in _transitions(response)]
 
 
 async def test_live_stream_shows_each_state_change_until_the_end(
@@ -571,21 +576,14 @@ async def _follow_all(
 ) -> list[dict[str, Any]]:
     """The all-commands stream's transitions, until `until` final ones were seen."""
     events: list[dict[str, Any]] = []
-    finals = 0
     async with (
         api(settings, token) as client,
         client.stream("GET", "/v1/commands/events", params=params) as response,
     ):
-        assert response.status_code == 200
-        kind = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:") and kind == "transition":
-                events.append(json.loads(line[5:]))
-                finals += events[-1]["status"] == "executed"
-                if finals == until:
-                    return events
+        async for event in _transitions(response):
+            events.append(event)
+            if sum(e["status"] == "executed" for e in events) == until:
+                return events
     raise AssertionError("the stream ended early")
 
 
