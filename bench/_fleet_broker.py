@@ -2,32 +2,19 @@
 simulated fleet's car accounts provisioned offline.
 
 Mosquitto is `gateway.devstack.MosquittoBroker` (mosquitto.conf with its ACL file and the
-dynamic-security plugin). Like `bench._services.FleetServices.add_fleet`, but without a
-database: the fleet's VINs follow from `tgw sim fleet --cars N --seed S`, their passwords go to
-a credentials file the fleet reads, and their hashes to the broker's password file; every car
-is also a dynamic-security client with the car role. Both files are written while the broker
-is stopped (the plugin's admin API rewrites its whole file per client: minutes for 20,000).
+dynamic-security plugin). The accounts are made as `bench._services.FleetServices.add_fleet`
+makes them (`bench._lifetime.enrol_fleet`), without a database.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from device_sim.identity import fleet_vins, read_credentials, write_credentials
-from device_sim.settings import FleetSettings
+from bench._lifetime import StartedInOrder, enrol_fleet
 from gateway.devstack import BrokerAccount, MosquittoBroker
-from gateway.devstack.mosquitto import (
-    CAR_ROLE,
-    mosquitto_password_hash,
-    read_password_file,
-    write_password_file,
-)
 
 __all__ = ["MOSQUITTO_OWN_FILES", "FleetBroker", "raise_file_limit"]
 
@@ -44,7 +31,7 @@ def raise_file_limit() -> int:
 
 
 @dataclass
-class FleetBroker:
+class FleetBroker(StartedInOrder):
     """Mosquitto in `work_dir` with the accounts of the fleet (`cars`, `seed`): a sync context
     manager. `credentials` is the file `tgw sim fleet --credentials` reads."""
 
@@ -66,22 +53,6 @@ class FleetBroker:
         """An account with the gateway's rights: it may read every car's uplink topics."""
         return self.broker.gateway_account
 
-    def __enter__(self) -> Self:
-        try:
-            self._start()
-        except BaseException:
-            self._exit.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit.close()
-
     def _start(self) -> None:
         self.file_limit = raise_file_limit()
         # With 20,000 dynamic-security clients Mosquitto 2.0.11 needs about a minute to load
@@ -90,18 +61,4 @@ class FleetBroker:
             MosquittoBroker(self.work_dir / "mosquitto", start_timeout_s=300.0)
         )
         self.credentials = self.work_dir / "cars.csv"
-        vins = [vin for vin, _ in fleet_vins(self.cars, self.seed, FleetSettings().profiles)]
-        write_credentials(self.credentials, vins, None)
-        passwords = read_credentials(self.credentials)
-        broker = self.broker
-        broker.stop()
-        entries = read_password_file(broker.password_file)
-        entries.update({vin: mosquitto_password_hash(passwords[vin]) for vin in vins})
-        write_password_file(broker.password_file, entries, None)
-        dynsec = json.loads(broker.dynsec_file.read_text(encoding="utf-8"))
-        known = {client["username"] for client in dynsec["clients"]}
-        dynsec["clients"] += [
-            {"username": vin, "roles": [{"rolename": CAR_ROLE}]} for vin in vins if vin not in known
-        ]
-        broker.dynsec_file.write_text(json.dumps(dynsec, indent=1), encoding="utf-8")
-        broker.start()
+        enrol_fleet(self.broker, self.credentials, self.cars, self.seed)

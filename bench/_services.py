@@ -11,31 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
 
-import psycopg
-
-from device_sim.identity import fleet_vins, read_credentials, write_credentials
-from device_sim.settings import FleetSettings
+from bench._lifetime import DATABASE, StartedInOrder, enrol_fleet, start_database
+from device_sim.identity import read_credentials
 from gateway.auth import Role, TokenError, TokenStore
 from gateway.commands import create_key_pair
 from gateway.devstack import BrokerAccount, MosquittoBroker, PostgresServer
-from gateway.devstack.mosquitto import (
-    CAR_ROLE,
-    mosquitto_password_hash,
-    read_password_file,
-    write_password_file,
-)
-from gateway.storage import apply_migrations, connect
+from gateway.storage import connect
 
 __all__ = ["DATABASE", "FleetAccounts", "FleetServices"]
 
-DATABASE = "tgw_bench"
 KEY_ID = "tgw-bench"
 TOKEN_NAME = "bench-operator"  # the token's name, not a secret
 
@@ -51,7 +39,7 @@ class FleetAccounts:
 
 
 @dataclass
-class FleetServices:
+class FleetServices(StartedInOrder):
     """Broker + database in `work_dir` (a sync context manager), migrated.
 
     Args:
@@ -68,40 +56,10 @@ class FleetServices:
     dsn: str = field(init=False)
     _exit: ExitStack = field(init=False, default_factory=ExitStack)
 
-    def __enter__(self) -> Self:
-        try:
-            self._start()
-        except BaseException:
-            self._exit.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit.close()
-
     def _start(self) -> None:
-        self.postgres = self._exit.enter_context(
-            PostgresServer(
-                self.work_dir / "pgdata", timescaledb=self.timescaledb, durable=self.durable
-            )
+        self.postgres, self.dsn = start_database(
+            self._exit, self.work_dir, timescaledb=self.timescaledb, durable=self.durable
         )
-        with psycopg.connect(self.postgres.dsn(), autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
-        self.postgres.restart()  # track_commit_timestamp takes effect at start only
-        self.dsn = self.postgres.create_database(DATABASE)
-        mode: Literal["auto", "timescaledb", "postgres"] = (
-            "auto"
-            if self.timescaledb is None
-            else "timescaledb"
-            if self.timescaledb
-            else "postgres"
-        )
-        asyncio.run(apply_migrations(self.dsn, storage_mode=mode))
         # Generous: with 20,000 dynamic-security clients Mosquitto 2.0.11 needs about a minute
         # to load its plugin file before it accepts connections.
         self.broker = self._exit.enter_context(
@@ -121,21 +79,7 @@ class FleetServices:
         again: the plugin's admin API rewrites its whole file per client, which takes minutes
         for 20,000 cars (and times out)."""
         path = self.work_dir / f"{name}.csv"
-        vins = [vin for vin, _ in fleet_vins(cars, seed, FleetSettings().profiles)]
-        write_credentials(path, vins, read_credentials(path) if path.exists() else None)
-        passwords = read_credentials(path)
-        broker = self.broker
-        broker.stop()
-        entries = read_password_file(broker.password_file)
-        entries.update({vin: mosquitto_password_hash(passwords[vin]) for vin in vins})
-        write_password_file(broker.password_file, entries, None)
-        dynsec = json.loads(broker.dynsec_file.read_text(encoding="utf-8"))
-        known = {client["username"] for client in dynsec["clients"]}
-        dynsec["clients"] += [
-            {"username": vin, "roles": [{"rolename": CAR_ROLE}]} for vin in vins if vin not in known
-        ]
-        broker.dynsec_file.write_text(json.dumps(dynsec, indent=1), encoding="utf-8")
-        broker.start()
+        vins = enrol_fleet(self.broker, path, cars, seed)
         return FleetAccounts(cars, seed, path, tuple(vins))
 
     def car_account(self, fleet: FleetAccounts, vin: str) -> BrokerAccount:

@@ -8,28 +8,22 @@ publish-to-commit latency is read from each row's real commit time.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-import psycopg
-
+from bench._lifetime import StartedInOrder, start_database
 from gateway.devstack import BrokerAccount, MosquittoBroker, PostgresServer, random_vin
 from gateway.devstack.mosquitto import (
     mosquitto_password_hash,
     read_password_file,
     write_password_file,
 )
-from gateway.storage import apply_migrations
 
 __all__ = ["BenchStack", "GatewayAccounts"]
 
-DATABASE = "tgw_bench"
 GATEWAY_USERNAME = "tgw-bench"
 
 
@@ -49,7 +43,7 @@ class GatewayAccounts:
 
 
 @dataclass
-class BenchStack:
+class BenchStack(StartedInOrder):
     """Broker + database in `work_dir`, migrated, with `cars` car accounts provisioned."""
 
     work_dir: Path
@@ -62,31 +56,10 @@ class BenchStack:
     car_accounts: list[BrokerAccount] = field(init=False, default_factory=list)
     _exit: ExitStack = field(init=False, default_factory=ExitStack)
 
-    def __enter__(self) -> Self:
-        try:
-            self._start()
-        except BaseException:
-            self._exit.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit.close()
-
     def _start(self) -> None:
-        self.postgres = self._exit.enter_context(
-            PostgresServer(self.work_dir / "pgdata", timescaledb=None, durable=self.durable)
+        self.postgres, self.dsn = start_database(
+            self._exit, self.work_dir, timescaledb=None, durable=self.durable
         )
-        with psycopg.connect(self.postgres.dsn(), autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
-        self.postgres.restart()  # track_commit_timestamp takes effect at start only
-        self.dsn = self.postgres.create_database(DATABASE)
-        asyncio.run(apply_migrations(self.dsn))
         self.broker = self._exit.enter_context(MosquittoBroker(self.work_dir / "mosquitto"))
         self.car_accounts = self._provision_cars()
 
