@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.synchronize
+import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,21 +31,21 @@ from gateway.ingest.mqtt_wire import (
 )
 from schemas import TopicKind, shared_subscription
 
-__all__ = ["CountingSubscriber", "WireSubscriber"]
+__all__ = [
+    "CountingSubscriber",
+    "SubscriberProcess",
+    "WireSubscriber",
+    "publish_topic",
+    "read_publishes",
+]
 
 
-class CountingSubscriber:
-    """A subscriber process of share group `group`; `received` counts its messages."""
+class SubscriberProcess:
+    """A subscriber in a process of its own: `start` returns once it has subscribed."""
 
-    def __init__(self, account: BrokerAccount, group: str) -> None:
-        self.received: Any = mp.Value("q", 0, lock=False)  # no lock: one writer
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], name: str) -> None:
         self._ready = mp.Event()
-        self._process = mp.Process(
-            target=_count,
-            args=(account, group, self.received, self._ready),
-            name="bench-subscriber",
-            daemon=True,
-        )
+        self._process = mp.Process(target=target, args=(*args, self._ready), name=name, daemon=True)
 
     @property
     def pid(self) -> int | None:
@@ -53,12 +55,20 @@ class CountingSubscriber:
         self._process.start()
         if not self._ready.wait(timeout_s):
             self.stop()
-            raise RuntimeError("the counting subscriber did not subscribe in time")
+            raise RuntimeError(f"{self._process.name} did not subscribe in time")
 
     def stop(self) -> None:
         # Its session ends with the process (session expiry 0): nothing stays queued for it.
         self._process.terminate()
         self._process.join(10)
+
+
+class CountingSubscriber(SubscriberProcess):
+    """A subscriber process of share group `group`; `received` counts its messages."""
+
+    def __init__(self, account: BrokerAccount, group: str) -> None:
+        self.received: Any = mp.Value("q", 0, lock=False)  # no lock: one writer
+        super().__init__(_count, (account, group, self.received), "bench-subscriber")
 
 
 def _count(
@@ -97,32 +107,12 @@ def _count(
     client.loop_forever()
 
 
-class WireSubscriber:
+class WireSubscriber(SubscriberProcess):
     """A subscriber process on a plain socket; `received` counts its messages."""
 
     def __init__(self, account: BrokerAccount, group: str) -> None:
         self.received: Any = mp.Value("q", 0, lock=False)  # no lock: one writer
-        self._ready = mp.Event()
-        self._process = mp.Process(
-            target=_count_wire,
-            args=(account, group, self.received, self._ready),
-            name="bench-wire-subscriber",
-            daemon=True,
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        self._process.start()
-        if not self._ready.wait(timeout_s):
-            self.stop()
-            raise RuntimeError("the wire subscriber did not subscribe in time")
-
-    def stop(self) -> None:
-        self._process.terminate()
-        self._process.join(10)
+        super().__init__(_count_wire, (account, group, self.received), "bench-wire-subscriber")
 
 
 def _count_wire(
@@ -131,11 +121,47 @@ def _count_wire(
     received: Any,
     ready: multiprocessing.synchronize.Event,
 ) -> None:
+    count = 0
+
+    def counted(publishes: list[bytes]) -> None:
+        nonlocal count
+        count += len(publishes)
+        received.value = count
+
+    read_publishes(
+        account,
+        account.username,
+        [shared_subscription(TopicKind.TELEMETRY, group)],
+        ready,
+        counted,
+    )
+
+
+def publish_topic(body: bytes) -> bytes:
+    """The topic of a PUBLISH packet's body."""
+    size = (body[0] << 8) | body[1]
+    return body[2 : 2 + size]
+
+
+def read_publishes(
+    account: BrokerAccount,
+    client_id: str,
+    filters: list[str],
+    ready: multiprocessing.synchronize.Event,
+    on_read: Callable[[list[bytes]], None],
+) -> None:
+    """Subscribe to `filters` (QoS 1) on a plain socket, then until the broker closes: hand the
+    PUBLISH bodies of each read to `on_read` and acknowledge them in one write.
+
+    The gateway's MQTT framing (`gateway.ingest.mqtt_wire`) and nothing else, so that what the
+    caller counts is what the broker delivered, at the least CPU a Python reader can spend.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the bench's handler is not ours: just end
     sock = socket.create_connection((account.host, account.port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(
         encode_connect(
-            client_id=account.username,
+            client_id=client_id,
             username=account.username,
             password=account.password,
             keepalive_s=0,
@@ -144,19 +170,19 @@ def _count_wire(
             receive_maximum=65535,
         )
     )
-    sock.sendall(encode_subscribe(1, [shared_subscription(TopicKind.TELEMETRY, group)]))
+    sock.sendall(encode_subscribe(1, filters))
     reader = PacketReader()
-    count = 0
     sock.settimeout(None)
     while True:
         data = sock.recv(262144)
         if not data:
             return
+        publishes = []
         acks = []
         for first_byte, body in reader.feed(data):
             kind = first_byte >> 4
             if kind == PUBLISH:
-                count += 1
+                publishes.append(body)
                 if first_byte & 0x06:  # QoS 1: the packet id follows the topic
                     size = (body[0] << 8) | body[1]
                     acks.append(encode_puback((body[2 + size] << 8) | body[3 + size]))
@@ -164,4 +190,5 @@ def _count_wire(
                 ready.set()
         if acks:
             sock.sendall(b"".join(acks))
-        received.value = count
+        if publishes:
+            on_read(publishes)
