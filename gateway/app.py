@@ -92,6 +92,7 @@ async def run_gateway(
         database.dsn.get_secret_value(),
         min_size=database.pool_min_size,
         max_size=database.pool_max_size,
+        timeout=database.pool_timeout_s,
         open=False,
         configure=BatchWriter.prepare_connection,
         kwargs={"connect_timeout": int(database.connect_timeout_s)},

@@ -12,14 +12,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.errors import StorageError
 
 __all__ = ["PROBLEM_TYPE_BASE", "Problem", "install_problem_handlers", "problem_response"]
 
+log = structlog.get_logger(__name__)
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# The database is down, restarting or out of connections: worth asking again shortly.
+_DATABASE_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, StorageError)
+_DATABASE_RETRY_AFTER_S = 5
 # `.invalid` never resolves (RFC 2606): the type is an identifier, documented in docs/commands.md.
 PROBLEM_TYPE_BASE = "https://tgw.invalid/problems/"
 
@@ -97,6 +107,21 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(request, 422, "invalid-request", detail, extra={"errors": errors})
 
+    async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Not the caller's mistake and not a bug: one line for the operator, no traceback.
+        log.warning("api.database_unavailable", path=request.url.path, error=str(exc))
+        return problem_response(
+            request,
+            503,
+            "database-unavailable",
+            "the database cannot answer right now (unreachable, restarting or out of "
+            f"connections): try again in {_DATABASE_RETRY_AFTER_S} seconds; send a command "
+            "again with the same Idempotency-Key, so that it is never queued twice",
+            headers={"Retry-After": str(_DATABASE_RETRY_AFTER_S)},
+        )
+
     app.add_exception_handler(Problem, on_problem)
+    for unavailable in _DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, on_database_unavailable)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
