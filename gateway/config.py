@@ -124,7 +124,7 @@ class DatabaseSettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # How long anything waits for a pooled connection; then an API request answers 503
     # (`database-unavailable`, with Retry-After) instead of hanging, and a worker retries.
-    pool_timeout_s: float = Field(default=10.0, gt=0)
+    pool_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class IngestSettings(_Section):
