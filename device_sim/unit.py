@@ -266,6 +266,9 @@ class TelematicsUnit:
         self._command_topic = command_topic(vin)
         self._waiting: deque[_Live] = deque()  # live rows waiting for an in-flight slot
         self._session_open = False
+        # Which session a row was sent in, counted from the moment rows go out live, not from
+        # when the session is counted (after its birth and subscription: two round trips).
+        self._session_number = 0
         self._state_wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._offline_until = 0.0
@@ -521,6 +524,7 @@ class TelematicsUnit:
         # Rows up to here are backlog; rows appended from now on are live (no await between).
         live_from = outbox.last_id() + 1
         self._session_open = True
+        self._session_number += 1
         self._waiting.clear()
         self._inflight = self._backlog_inflight = 0
         await link.publish_and_wait(
@@ -729,12 +733,12 @@ class TelematicsUnit:
     def _retry_later(self, batch: list[_Live], backlog: bool) -> None:
         delay = self._retry_delay_s
         self._retry_delay_s = min(delay * 2, _RETRY_MAX_S)
-        session = self.counters.sessions
+        session = self._session_number
         asyncio.get_running_loop().call_later(delay, self._resend, batch, backlog, session)
 
     def _resend(self, batch: list[_Live], backlog: bool, session: int) -> None:
         # A later session drains these rows from disk itself: only this session resends them.
-        if session == self.counters.sessions and self._session_open:
+        if session == self._session_number and self._session_open:
             self._send(batch, backlog=backlog)
 
     def _done(self, batch: list[_Live], *, backlog: bool, accepted: bool, sent: bool) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from device_sim.mqtt import MqttLink
 from device_sim.settings import UnitSettings
 from gateway.devstack import MosquittoBroker, random_vin
 from schemas import (
@@ -158,6 +160,36 @@ async def test_messages_nobody_subscribed_to_stay_queued_until_the_gateway_is_ba
                 what="every sample produced while nobody listened",
             )
         assert gateway.rejected == []
+
+
+async def test_a_row_refused_while_the_session_opens_is_sent_again_in_that_session(
+    private_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows go out live as soon as a session opens, two round trips (birth, subscription) before
+    # the session is counted. A row the broker refused in between (no subscriber yet: 0x10)
+    # was left for "the next session" to drain, and in a session that stays up it never went.
+    subscribe = MqttLink.subscribe
+
+    async def slow_subscribe(link: MqttLink, topic: str, qos: int = 1) -> None:
+        await asyncio.sleep(0.5)  # samples go out live meanwhile
+        await subscribe(link, topic, qos)
+
+    monkeypatch.setattr(MqttLink, "subscribe", slow_subscribe)
+    broker = private_broker
+    vin = random_vin()
+    password = broker.add_car(vin)
+    async with running_car(
+        broker, tmp_path / "q.sqlite", vin=vin, password=password, settings=_settings()
+    ) as car:
+        await wait_until(lambda: car.unit.counters.sessions == 1, what="the session counted")
+        await wait_until(lambda: car.unit.counters.no_subscriber_retries >= 1, what="a PUBACK 0x10")
+        produced = car.unit.counters.samples
+        async with GatewayProbe(broker) as gateway:
+            await wait_until(
+                lambda: {s for _, s in gateway.samples(vin)} >= set(range(produced)),
+                what="every sample, those sent while the session opened included",
+            )
+        assert car.unit.counters.sessions == 1  # no reconnect did it
 
 
 async def test_the_queue_survives_the_units_own_restart(
