@@ -305,6 +305,22 @@ async def responding_car(
         await asyncio.to_thread(car.disconnect)
 
 
+@asynccontextmanager
+async def registered_car(
+    account: BrokerAccount,
+    keys: KeyPairFiles,
+    behaviour: Behaviour | None = None,
+    *,
+    dsn: str,
+    **kwargs: Any,
+) -> AsyncIterator[CarResponder]:
+    """A responding car that has said its birth and that the running gateway has registered."""
+    async with responding_car(account, keys, behaviour, **kwargs) as car:
+        await asyncio.to_thread(car.birth)
+        await wait_registered(dsn, car.vin)
+        yield car
+
+
 async def wait_registered(dsn: str, vin: str) -> None:
     """Until the gateway stored the car's capabilities from its birth message."""
     deadline = time.monotonic() + WAIT_S

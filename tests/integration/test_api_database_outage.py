@@ -22,8 +22,7 @@ from tests.integration.command_support import (
     command_gateway_settings,
     make_keys,
     make_token,
-    responding_car,
-    wait_registered,
+    registered_car,
     wait_status,
 )
 from tests.integration.ingest_support import fetch, running_gateway
@@ -61,11 +60,9 @@ async def test_requests_during_a_database_outage_answer_503_then_the_same_comman
     operator = await make_token(migrated_database, "ola", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys) as car,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as car,
         api(settings, operator) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         url = f"/v1/vehicles/{car.vin}/commands"
         postgres_server.stop()
         try:

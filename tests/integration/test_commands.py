@@ -35,6 +35,7 @@ from tests.integration.command_support import (
     command_gateway_settings,
     make_keys,
     make_token,
+    registered_car,
     rejects,
     responding_car,
     silent,
@@ -62,11 +63,9 @@ async def test_lock_is_executed_then_verified_by_telemetry(
     account = car_credentials()
     async with (
         running_gateway(settings),
-        responding_car(account, keys) as car,
+        registered_car(account, keys, dsn=migrated_database) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         response = await client.post(f"/v1/vehicles/{car.vin}/commands", json={"action": "lock"})
         assert response.status_code == 202, response.text
         created = response.json()
@@ -130,11 +129,9 @@ async def test_rejection_reaches_the_operator_with_its_reason(
     behaviour = rejects("precondition_failed", "doors_closed")
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys, behaviour) as car,
+        registered_car(car_credentials(), keys, behaviour, dsn=migrated_database) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         response = await client.post(f"/v1/vehicles/{car.vin}/commands", json={"action": "lock"})
         command_id = response.json()["command_id"]
         record = await wait_status(client, command_id, {"rejected"})
@@ -224,11 +221,9 @@ async def test_accepted_without_final_answer_times_out(
     token = await make_token(migrated_database, "erin", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys, accepts_only()) as car,
+        registered_car(car_credentials(), keys, accepts_only(), dsn=migrated_database) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         response = await client.post(f"/v1/vehicles/{car.vin}/commands", json={"action": "lock"})
         command_id = response.json()["command_id"]
         record = await wait_status(client, command_id, {"timed_out"}, timeout_s=15)
@@ -265,11 +260,9 @@ async def test_one_command_in_flight_per_car_the_next_waits_in_order(
     slow = lambda _: [Reply("accepted"), Reply("executed", delay_s=1.0)]  # noqa: E731
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys, slow) as car,
+        registered_car(car_credentials(), keys, slow, dsn=migrated_database) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         ids = []
         for action in ("unlock", "lock", "request_state"):
             response = await client.post(
@@ -298,11 +291,9 @@ async def test_idempotency_key_returns_the_same_command_and_sends_it_once(
     token = await make_token(migrated_database, "gina", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys) as car,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         url = f"/v1/vehicles/{car.vin}/commands"
         first = await client.post(url, json={"action": "unlock", "idempotency_key": "rental-42"})
         again = await client.post(url, json={"action": "unlock", "idempotency_key": "rental-42"})
@@ -337,11 +328,11 @@ async def test_capabilities_and_unknown_cars_are_refused_at_once(
     token = await make_token(migrated_database, "hank", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys, capabilities=("lock", "unlock")) as car,
+        registered_car(
+            car_credentials(), keys, capabilities=("lock", "unlock"), dsn=migrated_database
+        ) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         response = await client.post(
             f"/v1/vehicles/{car.vin}/commands", json={"action": "unlock_and_enable_driving"}
         )
@@ -382,13 +373,10 @@ async def test_results_for_unknown_commands_or_from_another_car_are_dead_letters
     token = await make_token(migrated_database, "ivy", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys, silent()) as car_a,
-        responding_car(car_credentials(), keys, silent()) as car_b,
+        registered_car(car_credentials(), keys, silent(), dsn=migrated_database) as car_a,
+        registered_car(car_credentials(), keys, silent(), dsn=migrated_database) as car_b,
         api(settings, token) as client,
     ):
-        for car in (car_a, car_b):
-            await asyncio.to_thread(car.birth)
-            await wait_registered(migrated_database, car.vin)
         response = await client.post(f"/v1/vehicles/{car_a.vin}/commands", json={"action": "lock"})
         command_id = response.json()["command_id"]
         await wait_status(client, command_id, {"sent"})
@@ -426,10 +414,8 @@ async def test_api_roles_and_tokens(
     operator = await make_token(migrated_database, "otto", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys) as car,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as car,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         url = f"/v1/vehicles/{car.vin}/commands"
         async with api(settings) as anonymous:
             response = await anonymous.post(url, json={"action": "lock"})
@@ -551,11 +537,9 @@ async def test_live_stream_shows_each_state_change_until_the_end(
     slow = lambda _: [Reply("accepted", delay_s=0.3), Reply("executed", delay_s=0.6)]  # noqa: E731
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys, slow) as car,
+        registered_car(car_credentials(), keys, slow, dsn=migrated_database) as car,
         api(settings, operator) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         response = await client.post(
             f"/v1/vehicles/{car.vin}/commands", json={"action": "request_state"}
         )
@@ -598,13 +582,10 @@ async def test_all_commands_stream_carries_every_transition_in_order(
     operator = await make_token(migrated_database, "lou", Role.OPERATOR)
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys) as first,
-        responding_car(car_credentials(), keys) as second,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as first,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as second,
         api(settings, operator) as client,
     ):
-        for car in (first, second):
-            await asyncio.to_thread(car.birth)
-            await wait_registered(migrated_database, car.vin)
         everything = asyncio.create_task(_follow_all(settings, viewer, {}, until=6))
         only_second = asyncio.create_task(_follow_all(settings, viewer, {"vin": second.vin}, 3))
         await asyncio.sleep(0.5)  # both streams subscribed
@@ -645,14 +626,11 @@ async def test_two_gateway_instances_send_each_command_exactly_once(
     async with (
         running_gateway(first),
         running_gateway(second),
-        responding_car(car_credentials(), keys) as car_a,
-        responding_car(car_credentials(), keys) as car_b,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as car_a,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as car_b,
         api(first, token) as client_1,
         api(second, token) as client_2,
     ):
-        for car in (car_a, car_b):
-            await asyncio.to_thread(car.birth)
-            await wait_registered(migrated_database, car.vin)
         ids = []
         for index in range(6):
             client = (client_1, client_2)[index % 2]
@@ -684,11 +662,9 @@ async def test_rental_end_check_names_each_failing_condition(
     closed = {f"door_{d}_open": False for d in ("fl", "fr", "rl", "rr")}
     async with (
         running_gateway(settings),
-        responding_car(car_credentials(), keys) as car,
+        registered_car(car_credentials(), keys, dsn=migrated_database) as car,
         api(settings, token) as client,
     ):
-        await asyncio.to_thread(car.birth)
-        await wait_registered(migrated_database, car.vin)
         url = f"/v1/vehicles/{car.vin}/rental-end-check"
         await asyncio.to_thread(
             car.telemetry,

@@ -18,9 +18,8 @@ from tests.integration.command_support import (
     command_gateway_settings,
     make_keys,
     make_token,
+    registered_car,
     rejects,
-    responding_car,
-    wait_registered,
 )
 from tests.integration.ingest_support import fetch, running_gateway
 
@@ -107,9 +106,7 @@ async def test_lock_and_unlock_show_progress_and_exit_with_the_outcome(
     url = f"http://127.0.0.1:{settings.http.port}"
     env = {"TGW_API_URL": url, "TGW_API_TOKEN": token}
     async with running_gateway(settings):
-        async with responding_car(car_credentials(), keys) as car:
-            await asyncio.to_thread(car.birth)
-            await wait_registered(migrated_database, car.vin)
+        async with registered_car(car_credentials(), keys, dsn=migrated_database) as car:
             ok = await tgw("unlock", car.vin, env=env)
             assert ok.code == 0, ok.err
             for status in ("queued", "sent", "accepted", "executed"):
@@ -122,11 +119,12 @@ async def test_lock_and_unlock_show_progress_and_exit_with_the_outcome(
             no_token = await tgw("lock", car.vin, env={"TGW_API_URL": url})
             assert no_token.code == 2
             assert "TGW_API_TOKEN" in no_token.err
-        async with responding_car(
-            car_credentials(), keys, rejects("precondition_failed", "doors_closed")
+        async with registered_car(
+            car_credentials(),
+            keys,
+            rejects("precondition_failed", "doors_closed"),
+            dsn=migrated_database,
         ) as car:
-            await asyncio.to_thread(car.birth)
-            await wait_registered(migrated_database, car.vin)
             rejected = await tgw("lock", car.vin, env=env)
     assert rejected.code == 1
     assert (

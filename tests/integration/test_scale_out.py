@@ -28,8 +28,7 @@ from schemas import TopicKind
 from tests.integration.command_support import (
     make_keys,
     make_token,
-    responding_car,
-    wait_registered,
+    registered_car,
     wait_status,
 )
 from tests.integration.ingest_support import WAIT_S, Car, fetch, now_ms, telemetry
@@ -167,9 +166,7 @@ async def test_any_instance_dispatches_commands_and_each_reaches_one_final_state
     vin = account.username
     quick = {"TGW_COMMANDS__ANSWER_TIMEOUT_S": "3", "TGW_COMMANDS__EXPIRY_GRACE_S": "1"}
     with instances(private_broker, migrated_database, tmp_path, keys.private_path, quick) as gws:
-        async with responding_car(account, keys) as car:
-            await asyncio.to_thread(car.birth)
-            await wait_registered(migrated_database, vin)
+        async with registered_car(account, keys, dsn=migrated_database):
             headers = {"Authorization": f"Bearer {token}"}
 
             async def command_through(gateway: GatewayInstance, action: str) -> tuple[str, str]:
