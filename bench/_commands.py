@@ -64,7 +64,9 @@ class CommandProbe:
     def __init__(self, token: str, base_urls: Callable[[], list[str]], ttl_s: int) -> None:
         self._base_urls = base_urls
         self._ttl_s = ttl_s
-        self._http = httpx.Client(timeout=5.0, headers={"Authorization": f"Bearer {token}"})
+        # Longer than the gateway's wait for a database connection (5 s, then 503): an outage
+        # shows as the gateway's answer, not as the client giving up first.
+        self._http = httpx.Client(timeout=10.0, headers={"Authorization": f"Bearer {token}"})
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self._pending: dict[str, str] = {}  # command id -> base url that took it
