@@ -152,31 +152,38 @@ class CommandDispatcher:
                 self._wake.clear()
                 vins = list(self._pending)
                 self._pending.clear()
+                # The cars the events named go first: the poll's query is not on their path.
+                self._claim(claims, vins)
                 if time.monotonic() - last_poll >= _POLL_S:
                     # Besides the events: cars whose notification was lost, or due a retry.
                     last_poll = time.monotonic()
                     try:
-                        vins += await self._store.dispatchable(_MAX_CARS_PER_ROUND)
+                        polled = await self._store.dispatchable(_MAX_CARS_PER_ROUND)
                     except (psycopg.OperationalError, PoolTimeout) as exc:
                         log.warning("commands.database_unavailable", error=str(exc))
-                now = time.monotonic()
-                batch: list[str] = []
-                unsure: set[str] = set()
-                for vin in dict.fromkeys(vins):
-                    if vin in self._claiming or self._retry_at.get(vin, 0.0) > now:
-                        continue
-                    self._retry_at.pop(vin, None)
-                    self._claiming.add(vin)
-                    if vin in self._unsure:
-                        unsure.add(vin)
-                    self._unsure.discard(vin)
-                    batch.append(vin)
-                for start in range(0, len(batch), _MAX_CARS_PER_CLAIM):
-                    chunk = batch[start : start + _MAX_CARS_PER_CLAIM]
-                    claims.create_task(
-                        self._dispatch(chunk, unsure.intersection(chunk)),
-                        name=f"dispatch:{chunk[0]}+{len(chunk) - 1}",
-                    )
+                    else:
+                        self._claim(claims, polled)
+
+    def _claim(self, claims: asyncio.TaskGroup, vins: list[str]) -> None:
+        """Start dispatching to `vins` (those not being claimed or waiting for a retry)."""
+        now = time.monotonic()
+        batch: list[str] = []
+        unsure: set[str] = set()
+        for vin in dict.fromkeys(vins):
+            if vin in self._claiming or self._retry_at.get(vin, 0.0) > now:
+                continue
+            self._retry_at.pop(vin, None)
+            self._claiming.add(vin)
+            if vin in self._unsure:
+                unsure.add(vin)
+            self._unsure.discard(vin)
+            batch.append(vin)
+        for start in range(0, len(batch), _MAX_CARS_PER_CLAIM):
+            chunk = batch[start : start + _MAX_CARS_PER_CLAIM]
+            claims.create_task(
+                self._dispatch(chunk, unsure.intersection(chunk)),
+                name=f"dispatch:{chunk[0]}+{len(chunk) - 1}",
+            )
 
     async def _dispatch(self, vins: list[str], unsure: set[str]) -> None:
         """Dispatch to `vins` in one transaction; `unsure` ones only if they have a command
